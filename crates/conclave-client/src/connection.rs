@@ -1,0 +1,331 @@
+//! A connection to a server: TLS with pinning, `Hello`, then requests
+//! multiplexed by id.
+//!
+//! [`connect_tls`] does the TLS handshake only and sends nothing, so the
+//! caller can decide whether to trust a new server before any byte of the
+//! protocol leaves. [`TlsConnected::hello`] then greets the server and starts
+//! a reader task that routes each response to the request that awaits it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use conclave_proto::{
+    auth_message, decode, encode_to_bytes, AccountInfo, Authenticate, ClientFrame, ClientHello,
+    ErrorBody, Login, Password, Register, Request, RequestId, Response, ServerFrame,
+    CLIENT_MAX_FRAME_LEN, EXPORTER_LABEL, EXPORTER_LEN, NONCE_LEN, PROTOCOL_VERSION,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_rustls::client::TlsStream;
+
+use crate::tls::PinVerifier;
+use crate::{ClientError, DeviceKey, ServerAddr};
+
+/// Requests a client may have outstanding before `request` waits.
+const OUTBOUND_QUEUE: usize = 256;
+
+/// A finished TLS handshake, before any protocol byte was sent.
+pub struct TlsConnected {
+    stream: TlsStream<TcpStream>,
+    fingerprint: String,
+}
+
+/// Connects to `addr` and completes a TLS 1.3 handshake. With `pinned`, any
+/// other certificate is refused with [`ClientError::CertificateChanged`];
+/// without, any certificate is accepted and its fingerprint is returned for
+/// the caller to judge.
+pub async fn connect_tls(
+    addr: &ServerAddr,
+    pinned: Option<&str>,
+) -> Result<TlsConnected, ClientError> {
+    let address = addr.to_string();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = PinVerifier::new(pinned.map(str::to_owned), provider.clone());
+    let offered = verifier.offered();
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| ClientError::Protocol(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    let server_name = rustls::pki_types::ServerName::try_from(addr.host.clone()).map_err(|_| {
+        ClientError::BadAddress {
+            address: address.clone(),
+            why: "the host name is not valid".into(),
+        }
+    })?;
+
+    let tcp = TcpStream::connect((addr.host.as_str(), addr.port))
+        .await
+        .map_err(|source| ClientError::Connect {
+            address: address.clone(),
+            source,
+        })?;
+    let _ = tcp.set_nodelay(true);
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let offered_fp = || offered.lock().ok().and_then(|s| s.clone());
+    match connector.connect(server_name, tcp).await {
+        Ok(stream) => {
+            let fingerprint = offered_fp()
+                .ok_or_else(|| ClientError::Protocol("no server certificate".into()))?;
+            Ok(TlsConnected {
+                stream,
+                fingerprint,
+            })
+        }
+        Err(source) => match (pinned, offered_fp()) {
+            (Some(pin), Some(seen)) if pin != seen => Err(ClientError::CertificateChanged {
+                address,
+                pinned: pin.to_owned(),
+                offered: seen,
+            }),
+            _ => Err(ClientError::Tls { address, source }),
+        },
+    }
+}
+
+impl TlsConnected {
+    /// `SHA256:<hex>` of the certificate the server presented.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Exchanges `Hello` and starts the connection's reader and writer tasks.
+    pub async fn hello(self) -> Result<Connection, ClientError> {
+        let mut exporter = [0u8; EXPORTER_LEN];
+        self.stream
+            .get_ref()
+            .1
+            .export_keying_material(&mut exporter, EXPORTER_LABEL, None)
+            .map_err(|e| ClientError::Protocol(format!("TLS exporter: {e}")))?;
+        let (mut rd, mut wr) = tokio::io::split(self.stream);
+        let hello = ClientFrame::Hello(ClientHello {
+            protocol_version: PROTOCOL_VERSION,
+            client: format!("conclave {}", env!("CARGO_PKG_VERSION")),
+        });
+        let bytes = encode_to_bytes(&hello).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        wr.write_all(&bytes).await.map_err(closed)?;
+        let mut buf = BytesMut::new();
+        let nonce = match read_frame(&mut rd, &mut buf).await? {
+            Some(ServerFrame::Hello(h)) => h.auth_nonce,
+            Some(ServerFrame::Error { error, .. }) => return Err(ClientError::Server(error)),
+            Some(other) => {
+                return Err(ClientError::Protocol(format!(
+                    "expected Hello, got {other:?}"
+                )))
+            }
+            None => return Err(ClientError::Closed(None)),
+        };
+
+        let pending: Pending = Arc::new(Mutex::new(PendingState::default()));
+        let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        tokio::spawn(write_loop(wr, rx));
+        tokio::spawn(read_loop(rd, buf, pending.clone()));
+        Ok(Connection {
+            tx,
+            pending,
+            next_id: AtomicU64::new(1),
+            nonce,
+            exporter,
+            fingerprint: self.fingerprint,
+        })
+    }
+}
+
+#[derive(Default)]
+struct PendingState {
+    waiting: HashMap<RequestId, oneshot::Sender<Result<Response, ErrorBody>>>,
+    /// Set once the connection is gone, with the server's last word if any.
+    closed: Option<Option<ErrorBody>>,
+}
+
+type Pending = Arc<Mutex<PendingState>>;
+
+fn lock(p: &Pending) -> std::sync::MutexGuard<'_, PendingState> {
+    p.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A greeted connection. Requests may be sent from several tasks at once.
+pub struct Connection {
+    tx: mpsc::Sender<Bytes>,
+    pending: Pending,
+    next_id: AtomicU64,
+    nonce: [u8; NONCE_LEN],
+    exporter: [u8; EXPORTER_LEN],
+    fingerprint: String,
+}
+
+impl Connection {
+    /// `SHA256:<hex>` of the server's certificate.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// Sends one request and waits for its answer.
+    pub async fn request(&self, body: Request) -> Result<Response, ClientError> {
+        let id = RequestId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let (done, answer) = oneshot::channel();
+        {
+            let mut p = lock(&self.pending);
+            if let Some(last) = &p.closed {
+                return Err(ClientError::Closed(last.clone()));
+            }
+            p.waiting.insert(id, done);
+        }
+        let frame = encode_to_bytes(&ClientFrame::Request { id, body })
+            .map_err(|e| ClientError::Invalid(e.to_string()))?;
+        if self.tx.send(frame).await.is_err() {
+            lock(&self.pending).waiting.remove(&id);
+        }
+        match answer.await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(ClientError::Server(error)),
+            Err(_) => Err(ClientError::Closed(
+                lock(&self.pending).closed.clone().flatten(),
+            )),
+        }
+    }
+
+    fn proof(&self, device: &DeviceKey) -> (Vec<u8>, Vec<u8>) {
+        let sig = device.sign(&auth_message(&self.nonce, &self.exporter));
+        (device.public().to_vec(), sig.to_vec())
+    }
+
+    /// Creates an account with `device` as its first device.
+    pub async fn register(
+        &self,
+        device: &DeviceKey,
+        username: &str,
+        password: Password,
+        display_name: Option<String>,
+        token: Option<String>,
+    ) -> Result<AccountInfo, ClientError> {
+        let (device_key, signature) = self.proof(device);
+        let req = Request::Register(Register {
+            username: username.to_owned(),
+            password,
+            display_name,
+            token,
+            device_key,
+            signature,
+        });
+        authenticated(self.request(req).await?)
+    }
+
+    /// Enrols `device` on an existing account with its password.
+    pub async fn login(
+        &self,
+        device: &DeviceKey,
+        username: &str,
+        password: Password,
+    ) -> Result<AccountInfo, ClientError> {
+        let (device_key, signature) = self.proof(device);
+        let req = Request::Login(Login {
+            username: username.to_owned(),
+            password,
+            device_key,
+            signature,
+        });
+        authenticated(self.request(req).await?)
+    }
+
+    /// Authenticates as an enrolled device.
+    pub async fn authenticate(&self, device: &DeviceKey) -> Result<AccountInfo, ClientError> {
+        let (device_key, signature) = self.proof(device);
+        authenticated(
+            self.request(Request::Authenticate(Authenticate {
+                device_key,
+                signature,
+            }))
+            .await?,
+        )
+    }
+
+    /// The account and device this connection is authenticated as.
+    pub async fn whoami(&self) -> Result<AccountInfo, ClientError> {
+        match self.request(Request::WhoAmI).await? {
+            Response::WhoAmI(info) => Ok(info),
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn authenticated(response: Response) -> Result<AccountInfo, ClientError> {
+    match response {
+        Response::Authenticated(info) => Ok(info),
+        other => Err(unexpected(other)),
+    }
+}
+
+fn unexpected(response: Response) -> ClientError {
+    ClientError::Protocol(format!("unexpected answer {response:?}"))
+}
+
+fn closed(e: std::io::Error) -> ClientError {
+    tracing::debug!(error = %e, "connection closed");
+    ClientError::Closed(None)
+}
+
+async fn read_frame(
+    rd: &mut ReadHalf<TlsStream<TcpStream>>,
+    buf: &mut BytesMut,
+) -> Result<Option<ServerFrame>, ClientError> {
+    loop {
+        match decode::<ServerFrame>(buf, CLIENT_MAX_FRAME_LEN) {
+            Ok(Some(frame)) => return Ok(Some(frame)),
+            Ok(None) => {}
+            Err(e) => return Err(ClientError::Protocol(e.to_string())),
+        }
+        match rd.read_buf(buf).await {
+            Ok(0) => return Ok(None),
+            Ok(_) => {}
+            // A peer that closes without close_notify, or resets: treat as closed.
+            Err(e) => return Err(closed(e)),
+        }
+    }
+}
+
+async fn write_loop(mut wr: WriteHalf<TlsStream<TcpStream>>, mut rx: mpsc::Receiver<Bytes>) {
+    while let Some(frame) = rx.recv().await {
+        if wr.write_all(&frame).await.is_err() || wr.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+async fn read_loop(mut rd: ReadHalf<TlsStream<TcpStream>>, mut buf: BytesMut, pending: Pending) {
+    let mut last_error = None;
+    loop {
+        match read_frame(&mut rd, &mut buf).await {
+            Ok(Some(ServerFrame::Response { id, body })) => {
+                if let Some(done) = lock(&pending).waiting.remove(&id) {
+                    let _ = done.send(Ok(body));
+                }
+            }
+            Ok(Some(ServerFrame::Error {
+                id: Some(id),
+                error,
+            })) => {
+                if let Some(done) = lock(&pending).waiting.remove(&id) {
+                    let _ = done.send(Err(error));
+                }
+            }
+            Ok(Some(ServerFrame::Error { id: None, error })) => {
+                tracing::debug!(%error, "connection-level error from server");
+                last_error = Some(error);
+            }
+            Ok(Some(ServerFrame::Hello(_))) => {
+                tracing::warn!("unexpected second Hello from server");
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let mut p = lock(&pending);
+    p.closed = Some(last_error);
+    // Dropping the senders wakes every waiter with "closed".
+    p.waiting.clear();
+}

@@ -1,0 +1,22 @@
+//! Conclave's client library: connect over TLS 1.3 with a pinned server
+//! certificate, authenticate a device, and talk to the server.
+//!
+//! Everything a front end needs, and nothing about terminals: the `conclave`
+//! binary builds its CLI on this crate, and decides how to ask a person
+//! whether to trust a new server.
+
+#![warn(missing_docs)]
+
+mod address;
+mod connection;
+mod device;
+mod error;
+mod profile;
+mod tls;
+
+pub use address::ServerAddr;
+pub use connection::{connect_tls, Connection, TlsConnected};
+pub use device::DeviceKey;
+pub use error::ClientError;
+pub use profile::{AccountRecord, Profile, ProfileState};
+pub use tls::{fingerprint, normalize_fingerprint};

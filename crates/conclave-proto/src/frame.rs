@@ -1,0 +1,148 @@
+//! The frames both sides exchange.
+//!
+//! Postcard encodes an enum variant as its index: variants are only ever
+//! appended, never reordered or removed (stable, do not renumber).
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ErrorBody, Password, NONCE_LEN};
+
+/// A request id, chosen by the client and echoed in the server's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct RequestId(pub u64);
+
+/// Every frame a client sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ClientFrame {
+    /// The first frame on a connection.
+    Hello(ClientHello),
+    /// A request; the server answers with a response or an error carrying `id`.
+    Request {
+        /// Chosen by the client; unique among its outstanding requests.
+        id: RequestId,
+        /// What is asked.
+        body: Request,
+    },
+}
+
+/// Every frame a server sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ServerFrame {
+    /// The answer to the client's `Hello`.
+    Hello(ServerHello),
+    /// A successful answer to the request `id`.
+    Response {
+        /// The request's id.
+        id: RequestId,
+        /// The answer.
+        body: Response,
+    },
+    /// A failed request (`id` set), or a connection-level error (`id` none),
+    /// after which the server closes the connection.
+    Error {
+        /// The request's id, if the error answers one.
+        id: Option<RequestId>,
+        /// What went wrong.
+        error: ErrorBody,
+    },
+}
+
+/// The client's greeting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientHello {
+    /// [`crate::PROTOCOL_VERSION`] of the client.
+    pub protocol_version: u32,
+    /// Free-form client name and version, for the server's log.
+    pub client: String,
+}
+
+/// The server's greeting, with the challenge the device must sign.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerHello {
+    /// [`crate::PROTOCOL_VERSION`] of the server.
+    pub protocol_version: u32,
+    /// Free-form server name and version.
+    pub server: String,
+    /// A fresh random nonce for this connection; see [`crate::auth_message`].
+    pub auth_nonce: [u8; NONCE_LEN],
+}
+
+/// Every request. The first three authenticate the connection; the rest
+/// need an authenticated connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Create an account and its first device, and authenticate as it.
+    Register(Register),
+    /// Enrol a new device with the account's password, and authenticate as it.
+    Login(Login),
+    /// Authenticate as an enrolled device, without a password.
+    Authenticate(Authenticate),
+    /// Who is this connection authenticated as?
+    WhoAmI,
+    /// Liveness check; answered with [`Response::Pong`].
+    Ping,
+}
+
+/// Create an account. The device key and signature enrol the first device
+/// and prove that the client holds its private key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Register {
+    /// 1–32 of `a-z 0-9 . _ -` (see [`crate::validate_username`]).
+    pub username: String,
+    /// At least 8 characters.
+    pub password: Password,
+    /// Shown to other people; defaults to the username.
+    pub display_name: Option<String>,
+    /// An invitation token, for servers that require one.
+    pub token: Option<String>,
+    /// The new device's Ed25519 public key, 32 bytes.
+    pub device_key: Vec<u8>,
+    /// Ed25519 signature of [`crate::auth_message`] by `device_key`, 64 bytes.
+    pub signature: Vec<u8>,
+}
+
+/// Enrol a new device on an existing account.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Login {
+    /// The account.
+    pub username: String,
+    /// Its password.
+    pub password: Password,
+    /// The new device's Ed25519 public key, 32 bytes.
+    pub device_key: Vec<u8>,
+    /// Ed25519 signature of [`crate::auth_message`] by `device_key`, 64 bytes.
+    pub signature: Vec<u8>,
+}
+
+/// Authenticate as an enrolled device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Authenticate {
+    /// The device's Ed25519 public key, 32 bytes.
+    pub device_key: Vec<u8>,
+    /// Ed25519 signature of [`crate::auth_message`] by `device_key`, 64 bytes.
+    pub signature: Vec<u8>,
+}
+
+/// Every successful answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// The connection is now authenticated as this account and device
+    /// (answers `Register`, `Login` and `Authenticate`).
+    Authenticated(AccountInfo),
+    /// Answers `WhoAmI`.
+    WhoAmI(AccountInfo),
+    /// Answers `Ping`.
+    Pong,
+}
+
+/// An account and the device a connection is authenticated as.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccountInfo {
+    /// The username (always lowercase).
+    pub username: String,
+    /// The display name.
+    pub display_name: String,
+    /// The device's number within the account, from 1.
+    pub device_id: u32,
+}

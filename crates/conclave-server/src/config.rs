@@ -1,0 +1,107 @@
+//! The server's settings, with their defaults and the reason for each.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use conclave_proto::{DEFAULT_MAX_FRAME_LEN, DEFAULT_PORT};
+
+/// Default cap on concurrent connections: below the 20,000 file descriptors
+/// one process may hold here, leaving room for the database and listeners.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 19_500;
+
+/// Default time a new connection has for TLS, `Hello` and authentication.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default bound on frames queued for one connection. A client that lets
+/// this many pile up is disconnected; it re-syncs from the log when back.
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
+
+/// Failed logins allowed per account and per address before backoff starts.
+pub const DEFAULT_FREE_LOGIN_FAILURES: u32 = 5;
+
+/// Who may create an account.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistrationPolicy {
+    /// Anyone who can reach the server.
+    Open,
+    /// Only holders of a single-use invitation token (`conclave admin invite`).
+    Token,
+    /// Nobody.
+    Closed,
+}
+
+/// Where the TLS certificate comes from.
+#[derive(Debug, Clone)]
+pub enum TlsSource {
+    /// A self-signed certificate kept in the data directory, made on first start.
+    SelfSigned,
+    /// The operator's PEM files.
+    Files {
+        /// The certificate chain.
+        cert: PathBuf,
+        /// The private key.
+        key: PathBuf,
+    },
+}
+
+/// Everything `conclave serve` can be told.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the database and the self-signed certificate live.
+    pub data_dir: PathBuf,
+    /// Addresses to listen on.
+    pub listen: Vec<SocketAddr>,
+    /// The certificate.
+    pub tls: TlsSource,
+    /// The largest frame accepted from a client, in bytes.
+    pub max_frame_len: usize,
+    /// Who may register.
+    pub registration: RegistrationPolicy,
+    /// The most connections held at once; more are closed on accept.
+    pub max_connections: usize,
+    /// Time allowed for TLS + `Hello` + authentication.
+    pub handshake_timeout: Duration,
+    /// Frames queued per connection before it counts as too slow.
+    pub outbound_queue: usize,
+    /// Password hashes computed at once (each takes one core and 19 MiB).
+    pub argon2_threads: usize,
+    /// Failed logins per account and per address before backoff starts.
+    pub free_login_failures: u32,
+}
+
+impl Config {
+    /// The defaults, with data in `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen: default_listen(DEFAULT_PORT),
+            tls: TlsSource::SelfSigned,
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            registration: RegistrationPolicy::Open,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            argon2_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            free_login_failures: DEFAULT_FREE_LOGIN_FAILURES,
+        }
+    }
+
+    /// The database file.
+    pub fn database_path(&self) -> PathBuf {
+        self.data_dir.join("server.db")
+    }
+
+    /// The directory of the self-signed certificate.
+    pub fn tls_dir(&self) -> PathBuf {
+        self.data_dir.join("tls")
+    }
+}
+
+/// IPv6 and IPv4 wildcard addresses on `port`.
+pub fn default_listen(port: u16) -> Vec<SocketAddr> {
+    vec![
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+    ]
+}

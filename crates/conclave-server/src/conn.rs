@@ -1,0 +1,135 @@
+//! Adapts the protocol crate's codec to a TLS stream: a frame reader for the
+//! read half, and a writer task that drains a bounded queue of encoded frames.
+//!
+//! Frames are encoded once (`Bytes`) and may be shared between many
+//! connections' queues. The writer batches whatever is queued into one write.
+//! A full queue means the client is not reading fast enough: the connection is
+//! closed (the room log is the truth, so it re-syncs when it comes back)
+//! instead of letting memory grow.
+
+use bytes::{Bytes, BytesMut};
+use conclave_proto::{decode, encode_to_bytes, ClientFrame, DecodeError, ServerFrame};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+/// Bytes gathered into one write at most.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// Why reading a frame failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The socket failed.
+    #[error("read failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The frame is too large or malformed.
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    /// The peer closed the connection in the middle of a frame.
+    #[error("connection closed mid-frame")]
+    Truncated,
+}
+
+/// Reads client frames from one half of a stream.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: BytesMut,
+    max_len: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// A reader accepting frames up to `max_len` bytes.
+    pub fn new(inner: R, max_len: usize) -> Self {
+        Self {
+            inner,
+            buf: BytesMut::with_capacity(4096),
+            max_len,
+        }
+    }
+
+    /// The next frame, or `None` when the peer closed cleanly between frames.
+    pub async fn next(&mut self) -> Result<Option<ClientFrame>, ReadError> {
+        loop {
+            if let Some(frame) = decode(&mut self.buf, self.max_len)? {
+                return Ok(Some(frame));
+            }
+            if self.buf.capacity() - self.buf.len() < 1024 {
+                self.buf.reserve(4096);
+            }
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ReadError::Truncated)
+                };
+            }
+        }
+    }
+}
+
+/// The sending side of a connection's outbound queue.
+#[derive(Clone)]
+pub struct Outbox {
+    tx: mpsc::Sender<Bytes>,
+}
+
+/// The frame could not be queued: the connection is closing, or its queue is
+/// full because the client does not read.
+#[derive(Debug, thiserror::Error)]
+#[error("connection queue is closed or full")]
+pub struct QueueFull;
+
+impl Outbox {
+    /// Queues an already-encoded frame without waiting.
+    pub fn push(&self, frame: Bytes) -> Result<(), QueueFull> {
+        self.tx.try_send(frame).map_err(|_| QueueFull)
+    }
+
+    /// Encodes and queues one frame.
+    pub fn send(&self, frame: &ServerFrame) -> Result<(), QueueFull> {
+        match encode_to_bytes(frame) {
+            Ok(bytes) => self.push(bytes),
+            Err(e) => {
+                // Our own frame types always encode; log rather than panic.
+                tracing::error!(error = %e, "cannot encode a server frame");
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Starts the writer task for `wr`, returning its queue. The task ends, after
+/// flushing and closing the stream, when every `Outbox` is dropped.
+pub fn spawn_writer<W>(
+    mut wr: W,
+    capacity: usize,
+    tracker: &tokio_util::task::TaskTracker,
+) -> (Outbox, tokio::task::JoinHandle<()>)
+where
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (tx, mut rx) = mpsc::channel::<Bytes>(capacity.max(1));
+    let handle = tracker.spawn(async move {
+        let mut batch = BytesMut::new();
+        while let Some(first) = rx.recv().await {
+            let result = if rx.is_empty() {
+                wr.write_all(&first).await
+            } else {
+                batch.clear();
+                batch.extend_from_slice(&first);
+                while batch.len() < WRITE_BATCH {
+                    match rx.try_recv() {
+                        Ok(more) => batch.extend_from_slice(&more),
+                        Err(_) => break,
+                    }
+                }
+                wr.write_all(&batch).await
+            };
+            if result.is_err() || wr.flush().await.is_err() {
+                return;
+            }
+        }
+        // Best effort: sends TLS close_notify and FIN.
+        let _ = wr.shutdown().await;
+    });
+    (Outbox { tx }, handle)
+}

@@ -1,0 +1,70 @@
+//! `Login`: enrol a new device on an account with its password.
+//!
+//! A wrong password and an unknown user get exactly the same answer, after the
+//! same work (a dummy hash is verified for unknown users). Failures are
+//! throttled per account and per source address before any hashing is done.
+
+use std::time::Instant;
+
+use conclave_proto::{validate_username, ErrorBody, ErrorCode, Login};
+
+use crate::session::ConnInfo;
+use crate::store::DeviceAccount;
+use crate::throttle::Key;
+use crate::Shared;
+
+/// The one answer for every failed login.
+pub const INVALID: &str = "invalid username or password";
+
+fn invalid() -> ErrorBody {
+    ErrorBody::new(ErrorCode::INVALID_CREDENTIALS, INVALID)
+}
+
+/// Checks the throttle, the device signature and the password, then adds the device.
+#[tracing::instrument(skip_all, fields(peer = %info.peer))]
+pub async fn handle(
+    shared: &Shared,
+    info: &ConnInfo,
+    req: Login,
+) -> Result<DeviceAccount, ErrorBody> {
+    let key = super::verify_device(info, &req.device_key, &req.signature)?;
+    let account_key = Key::Account(req.username.to_ascii_lowercase());
+    let keys = [account_key.clone(), Key::address(info.peer.ip())];
+    if let Some(wait) = shared.throttle.check(&keys, Instant::now()) {
+        let secs = wait.as_secs_f64().ceil().max(1.0) as u32;
+        tracing::warn!(retry_after_secs = secs, "login throttled");
+        return Err(ErrorBody {
+            code: ErrorCode::THROTTLED,
+            message: format!("too many attempts, retry in {secs} s"),
+            retry_after_secs: Some(secs),
+        });
+    }
+
+    let credential = match validate_username(&req.username) {
+        Ok(name) => {
+            let store = shared.store.clone();
+            crate::blocking::run(move || store.credential(&name))
+                .await?
+                .map_err(super::store_error)?
+        }
+        Err(_) => None,
+    };
+    let user = credential.as_ref().map(|c| c.user);
+    let ok = shared
+        .hasher
+        .verify(req.password, credential.map(|c| c.password_hash))
+        .await?;
+    let Some(user) = user.filter(|_| ok) else {
+        shared.throttle.fail(&keys, Instant::now());
+        tracing::warn!("login failed");
+        return Err(invalid());
+    };
+    shared.throttle.clear(&account_key);
+
+    let store = shared.store.clone();
+    let account = crate::blocking::run(move || store.add_device(user, &key))
+        .await?
+        .map_err(super::store_error)?;
+    tracing::info!(user = %account.username, device = account.device.0, "device enrolled by login");
+    Ok(account)
+}

@@ -1,0 +1,45 @@
+//! Conclave's server: the TLS accept loop, sessions and authentication, and
+//! the durable storage behind them.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), conclave_server::ServerError> {
+//! let config = conclave_server::Config::new("./conclave-data");
+//! let server = conclave_server::Server::bind(config).await?;
+//! println!("fingerprint {}", server.fingerprint());
+//! server.run(tokio_util::sync::CancellationToken::new()).await;
+//! # Ok(()) }
+//! ```
+//!
+//! ARCHITECTURE.md in the repository holds the concurrency design: which task
+//! owns what and which channels connect them.
+
+#![warn(missing_docs)]
+
+mod blocking;
+pub mod config;
+mod conn;
+pub mod fs;
+mod handlers;
+mod password;
+mod server;
+mod session;
+pub mod store;
+mod throttle;
+pub mod tls;
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+pub use config::{Config, RegistrationPolicy, TlsSource};
+pub use server::{create_invite, Server, ServerError};
+
+/// State shared by every connection task.
+pub(crate) struct Shared {
+    config: Config,
+    store: Arc<dyn store::Store>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    hasher: password::Hasher,
+    throttle: throttle::Throttle,
+    active: AtomicUsize,
+    tracker: tokio_util::task::TaskTracker,
+}

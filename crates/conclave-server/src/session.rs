@@ -1,0 +1,318 @@
+//! One client connection, from TLS accept to close.
+//!
+//! A session is a state machine, consumed by value on each frame:
+//!
+//! ```text
+//! AwaitingHello --Hello--> AwaitingAuth --Register|Login|Authenticate--> Ready
+//! ```
+//!
+//! The whole climb to `Ready` (TLS handshake included) must finish before the
+//! handshake deadline or the connection is closed. A request not allowed in
+//! the current state is answered with `unexpected_frame`; a frame that does
+//! not decode or is too large is answered with an error, then the connection
+//! is closed. All requests pass through [`Session::dispatch`], the one
+//! request table, which checks each one's precondition once.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use conclave_proto::{
+    ClientFrame, DecodeError, ErrorBody, ErrorCode, Request, RequestId, Response, ServerFrame,
+    ServerHello, EXPORTER_LABEL, EXPORTER_LEN, NONCE_LEN, PROTOCOL_VERSION,
+};
+use rand::RngCore;
+use tokio::net::TcpStream;
+use tokio::time::{timeout_at, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::conn::{spawn_writer, FrameReader, Outbox, ReadError};
+use crate::handlers;
+use crate::store::DeviceAccount;
+use crate::Shared;
+
+/// Where a session stands.
+enum State {
+    /// Nothing received yet.
+    AwaitingHello,
+    /// `Hello` exchanged; waiting for the device to prove itself.
+    AwaitingAuth,
+    /// Authenticated as this account and device.
+    Ready(DeviceAccount),
+}
+
+/// What the connection loop should do after a frame.
+enum Flow {
+    Continue(State),
+    Close(State),
+}
+
+/// What a handler needs to know about the connection it serves.
+pub struct ConnInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The nonce sent in our `Hello`.
+    pub nonce: [u8; NONCE_LEN],
+    /// The TLS exporter value of this connection.
+    pub exporter: [u8; EXPORTER_LEN],
+}
+
+struct Session {
+    shared: Arc<Shared>,
+    info: ConnInfo,
+    outbox: Outbox,
+}
+
+/// Serves one accepted TCP connection until it closes.
+pub async fn serve(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    shutdown: CancellationToken,
+) {
+    let deadline = Instant::now() + shared.config.handshake_timeout;
+    let tls = match timeout_at(deadline, shared.acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "TLS handshake did not finish in time");
+            return;
+        }
+    };
+    let mut exporter = [0u8; EXPORTER_LEN];
+    if let Err(e) = tls
+        .get_ref()
+        .1
+        .export_keying_material(&mut exporter, EXPORTER_LABEL, None)
+    {
+        tracing::error!(%peer, error = %e, "TLS exporter failed");
+        return;
+    }
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+
+    let (rd, wr) = tokio::io::split(tls);
+    let (outbox, writer) = spawn_writer(wr, shared.config.outbound_queue, &shared.tracker);
+    let mut reader = FrameReader::new(rd, shared.config.max_frame_len);
+    let mut session = Session {
+        shared: shared.clone(),
+        info: ConnInfo {
+            peer,
+            nonce,
+            exporter,
+        },
+        outbox,
+    };
+    let mut state = State::AwaitingHello;
+
+    loop {
+        let ready = matches!(state, State::Ready(_));
+        let next = tokio::select! {
+            _ = shutdown.cancelled() => {
+                session.close_with(ErrorBody::new(ErrorCode::SHUTTING_DOWN, "server shutting down; reconnect later"));
+                break;
+            }
+            next = async {
+                if ready { Ok(reader.next().await) } else { timeout_at(deadline, reader.next()).await }
+            } => next,
+        };
+        let frame = match next {
+            Err(_elapsed) => {
+                tracing::info!(%peer, "handshake deadline passed");
+                session.close_with(ErrorBody::new(
+                    ErrorCode::HANDSHAKE_TIMEOUT,
+                    "too slow: Hello and authentication must finish within the handshake deadline",
+                ));
+                break;
+            }
+            Ok(Ok(Some(frame))) => frame,
+            Ok(Ok(None)) => break,
+            Ok(Err(ReadError::Decode(DecodeError::TooLarge { len, max }))) => {
+                tracing::info!(%peer, len, max, "frame too large");
+                session.close_with(ErrorBody::new(
+                    ErrorCode::FRAME_TOO_LARGE,
+                    format!("frame of {len} bytes exceeds this server's limit of {max} bytes"),
+                ));
+                break;
+            }
+            Ok(Err(ReadError::Decode(e))) => {
+                tracing::info!(%peer, error = %e, "undecodable frame");
+                session.close_with(ErrorBody::new(
+                    ErrorCode::MALFORMED_FRAME,
+                    format!("{e}; closing"),
+                ));
+                break;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "read ended");
+                break;
+            }
+        };
+        match session.handle(state, frame).await {
+            Flow::Continue(next) => state = next,
+            Flow::Close(last) => {
+                state = last;
+                break;
+            }
+        }
+    }
+    if let State::Ready(account) = &state {
+        tracing::debug!(%peer, user = %account.username, device = account.device.0, "session ended");
+    }
+    drop(session);
+    // Let the writer flush what is queued (the error frame, say), bounded.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
+}
+
+impl Session {
+    /// Queues a connection-level error; the caller then closes.
+    fn close_with(&self, error: ErrorBody) {
+        let _ = self.outbox.send(&ServerFrame::Error { id: None, error });
+    }
+
+    fn reply(&self, id: RequestId, result: Result<Response, ErrorBody>) -> bool {
+        let frame = match result {
+            Ok(body) => ServerFrame::Response { id, body },
+            Err(error) => ServerFrame::Error {
+                id: Some(id),
+                error,
+            },
+        };
+        self.outbox.send(&frame).is_ok()
+    }
+
+    async fn handle(&mut self, state: State, frame: ClientFrame) -> Flow {
+        match (state, frame) {
+            (state @ State::AwaitingHello, ClientFrame::Hello(hello)) => {
+                if hello.protocol_version != PROTOCOL_VERSION {
+                    self.close_with(ErrorBody::new(
+                        ErrorCode::VERSION_MISMATCH,
+                        format!(
+                            "protocol version mismatch: the client speaks {}, this server speaks {}; \
+                             use a matching conclave",
+                            hello.protocol_version, PROTOCOL_VERSION
+                        ),
+                    ));
+                    return Flow::Close(state);
+                }
+                tracing::debug!(peer = %self.info.peer, client = %hello.client, "hello");
+                let reply = ServerFrame::Hello(ServerHello {
+                    protocol_version: PROTOCOL_VERSION,
+                    server: format!("conclave {}", env!("CARGO_PKG_VERSION")),
+                    auth_nonce: self.info.nonce,
+                });
+                if self.outbox.send(&reply).is_err() {
+                    return Flow::Close(state);
+                }
+                Flow::Continue(State::AwaitingAuth)
+            }
+            (state @ State::AwaitingHello, ClientFrame::Request { .. }) => {
+                self.close_with(ErrorBody::new(
+                    ErrorCode::UNEXPECTED_FRAME,
+                    "send Hello first",
+                ));
+                Flow::Close(state)
+            }
+            (state, ClientFrame::Hello(_)) => {
+                self.close_with(ErrorBody::new(
+                    ErrorCode::UNEXPECTED_FRAME,
+                    "Hello was already exchanged",
+                ));
+                Flow::Close(state)
+            }
+            (state, ClientFrame::Request { id, body }) => {
+                let (next, result) = self.dispatch(state, body).await;
+                if self.reply(id, result) {
+                    Flow::Continue(next)
+                } else {
+                    Flow::Close(next)
+                }
+            }
+        }
+    }
+
+    /// The request table: each request's precondition is checked here, once.
+    async fn dispatch(
+        &mut self,
+        state: State,
+        request: Request,
+    ) -> (State, Result<Response, ErrorBody>) {
+        let shared = &self.shared;
+        match (state, request) {
+            (State::AwaitingAuth, Request::Register(r)) => {
+                authed(handlers::register::handle(shared, &self.info, r).await)
+            }
+            (State::AwaitingAuth, Request::Login(r)) => {
+                authed(handlers::login::handle(shared, &self.info, r).await)
+            }
+            (State::AwaitingAuth, Request::Authenticate(r)) => {
+                authed(handlers::authenticate::handle(shared, &self.info, r).await)
+            }
+            (State::AwaitingAuth, _) => (
+                State::AwaitingAuth,
+                Err(ErrorBody::new(
+                    ErrorCode::UNEXPECTED_FRAME,
+                    "not authenticated: send Register, Login or Authenticate first",
+                )),
+            ),
+            (
+                State::Ready(a),
+                Request::Register(_) | Request::Login(_) | Request::Authenticate(_),
+            ) => (
+                State::Ready(a),
+                Err(ErrorBody::new(
+                    ErrorCode::UNEXPECTED_FRAME,
+                    "this connection is already authenticated",
+                )),
+            ),
+            (State::Ready(a), Request::WhoAmI) => {
+                let info = handlers::whoami::handle(&a);
+                (State::Ready(a), Ok(info))
+            }
+            (State::Ready(a), Request::Ping) => (State::Ready(a), Ok(Response::Pong)),
+            (State::AwaitingHello, _) => (
+                State::AwaitingHello,
+                Err(ErrorBody::new(
+                    ErrorCode::UNEXPECTED_FRAME,
+                    "send Hello first",
+                )),
+            ),
+        }
+    }
+}
+
+/// Moves to `Ready` on success; stays awaiting authentication on failure.
+fn authed(result: Result<DeviceAccount, ErrorBody>) -> (State, Result<Response, ErrorBody>) {
+    match result {
+        Ok(account) => {
+            let info = handlers::account_info(&account);
+            (State::Ready(account), Ok(Response::Authenticated(info)))
+        }
+        Err(e) => (State::AwaitingAuth, Err(e)),
+    }
+}
+
+/// Counts a connection as active for as long as it lives.
+pub struct ActiveGuard {
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+}
+
+impl ActiveGuard {
+    /// Counts one more active connection and logs the open.
+    pub fn new(shared: Arc<Shared>, peer: SocketAddr) -> Self {
+        let active = shared.active.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::info!(%peer, active, "connection opened");
+        Self { shared, peer }
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        let active = self.shared.active.fetch_sub(1, Ordering::Relaxed) - 1;
+        tracing::info!(peer = %self.peer, active, "connection closed");
+    }
+}

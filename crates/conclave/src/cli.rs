@@ -1,0 +1,156 @@
+//! The command line: global options, subcommands, and dispatch.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Conclave: self-hosted, end-to-end encrypted group chat.
+#[derive(Debug, Parser)]
+#[command(name = "conclave", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Profile directory: this device's key, account and pinned servers.
+    #[arg(long, global = true, env = "CONCLAVE_PROFILE", value_name = "DIR")]
+    pub profile: Option<PathBuf>,
+    /// Server to use, HOST:PORT; remembered in the profile after it works once.
+    #[arg(long, global = true, env = "CONCLAVE_SERVER", value_name = "HOST:PORT")]
+    pub server: Option<String>,
+    /// Trust the server on first contact only if its certificate has this fingerprint.
+    #[arg(long, global = true, value_name = "SHA256:HEX")]
+    pub fingerprint: Option<String>,
+    /// Trust a server's certificate on first contact without asking. A changed
+    /// certificate is refused all the same.
+    #[arg(long, global = true)]
+    pub accept_new_server: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Create an account on the server; this device becomes its first device.
+    Register(RegisterArgs),
+    /// Enrol this profile as a new device of an existing account.
+    Login(LoginArgs),
+    /// Show the account, device and server of this profile.
+    Whoami,
+    /// Forget a server's pinned certificate (to re-pin it deliberately).
+    ForgetServer {
+        /// The server, HOST:PORT; defaults to the profile's server.
+        server: Option<String>,
+    },
+    /// Server administration, run on the server machine.
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+/// `conclave serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Data directory: database and self-signed certificate.
+    #[arg(long, env = "CONCLAVE_DATA", value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// Address to listen on (repeatable); default [::]:7667 and 0.0.0.0:7667.
+    #[arg(long = "listen", value_name = "ADDR")]
+    pub listen: Vec<SocketAddr>,
+    /// PEM certificate chain (with --tls-key); default a self-signed one.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key (with --tls-cert).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Largest frame accepted from a client, in bytes.
+    #[arg(long, default_value_t = conclave_proto::DEFAULT_MAX_FRAME_LEN, value_parser = clap::value_parser!(usize))]
+    pub max_frame_bytes: usize,
+    /// Who may create accounts.
+    #[arg(long, value_enum, default_value_t = Registration::Open)]
+    pub registration: Registration,
+    /// Most connections held at once.
+    #[arg(long, default_value_t = conclave_server::config::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Seconds a new connection has for TLS, Hello and authentication.
+    #[arg(long, default_value_t = conclave_server::config::DEFAULT_HANDSHAKE_TIMEOUT.as_secs(), value_name = "SECS")]
+    pub handshake_timeout: u64,
+    /// Failed logins allowed per account and per address before backoff.
+    #[arg(long, default_value_t = conclave_server::config::DEFAULT_FREE_LOGIN_FAILURES)]
+    pub free_login_failures: u32,
+}
+
+/// Registration policy.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Registration {
+    /// Anyone who can reach the server may register.
+    Open,
+    /// Registration needs a single-use token from `conclave admin invite`.
+    Token,
+    /// Nobody may register.
+    Closed,
+}
+
+/// `conclave register`.
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// Username: 1-32 of a-z 0-9 . _ -
+    pub username: String,
+    /// Read the password from the first line of standard input.
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Display name shown to others (default: the username).
+    #[arg(long, value_name = "NAME")]
+    pub display_name: Option<String>,
+    /// Invitation token, for servers with --registration token.
+    #[arg(long, value_name = "T")]
+    pub token: Option<String>,
+}
+
+/// `conclave login`.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The account's username.
+    pub username: String,
+    /// Read the password from the first line of standard input.
+    #[arg(long)]
+    pub password_stdin: bool,
+}
+
+/// `conclave admin ...`.
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Print a single-use invitation token (for --registration token).
+    Invite {
+        /// The server's data directory.
+        #[arg(long, env = "CONCLAVE_DATA", value_name = "DIR")]
+        data: Option<PathBuf>,
+    },
+}
+
+/// Runs the parsed command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Serve(args) => crate::serve::run(args).await,
+        Command::Register(args) => crate::account::register(&cli, args).await,
+        Command::Login(args) => crate::account::login(&cli, args).await,
+        Command::Whoami => crate::account::whoami(&cli).await,
+        Command::ForgetServer { server } => crate::connect::forget(&cli, server.as_deref()),
+        Command::Admin(AdminCommand::Invite { data }) => crate::admin::invite(data.clone()),
+    }
+}
+
+/// The default server data directory: `$XDG_DATA_HOME/conclave-server`.
+pub fn default_data_dir() -> anyhow::Result<PathBuf> {
+    dirs::data_dir()
+        .map(|d| d.join("conclave-server"))
+        .ok_or_else(|| {
+            anyhow::anyhow!("cannot find a data directory for this user; pass --data DIR")
+        })
+}
+
+/// The default profile directory: `$XDG_DATA_HOME/conclave`.
+pub fn default_profile_dir() -> anyhow::Result<PathBuf> {
+    dirs::data_dir().map(|d| d.join("conclave")).ok_or_else(|| {
+        anyhow::anyhow!("cannot find a data directory for this user; pass --profile DIR")
+    })
+}

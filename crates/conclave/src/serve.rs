@@ -1,0 +1,90 @@
+//! `conclave serve`: start the server, print where it listens and its
+//! certificate fingerprint, run until Ctrl+C or SIGTERM.
+
+use anyhow::Context;
+use conclave_server::{Config, RegistrationPolicy, Server, TlsSource};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::{Registration, ServeArgs};
+
+/// Runs the server in the foreground.
+pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    let data = match &args.data {
+        Some(d) => d.clone(),
+        None => crate::cli::default_data_dir()?,
+    };
+    let mut config = Config::new(data);
+    if !args.listen.is_empty() {
+        config.listen = args.listen.clone();
+    }
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        config.tls = TlsSource::Files {
+            cert: cert.clone(),
+            key: key.clone(),
+        };
+    }
+    anyhow::ensure!(
+        args.max_frame_bytes >= 1024,
+        "--max-frame-bytes must be at least 1024"
+    );
+    anyhow::ensure!(
+        args.max_connections >= 1,
+        "--max-connections must be at least 1"
+    );
+    anyhow::ensure!(
+        args.handshake_timeout >= 1,
+        "--handshake-timeout must be at least 1 second"
+    );
+    config.max_frame_len = args.max_frame_bytes;
+    config.max_connections = args.max_connections;
+    config.handshake_timeout = std::time::Duration::from_secs(args.handshake_timeout);
+    config.free_login_failures = args.free_login_failures.max(1);
+    config.registration = match args.registration {
+        Registration::Open => RegistrationPolicy::Open,
+        Registration::Token => RegistrationPolicy::Token,
+        Registration::Closed => RegistrationPolicy::Closed,
+    };
+
+    let data_dir = config.data_dir.clone();
+    let server = Server::bind(config)
+        .await
+        .with_context(|| format!("cannot start the server (data in {})", data_dir.display()))?;
+    for addr in server.local_addrs() {
+        println!("listening on {addr}");
+    }
+    println!("fingerprint {}", server.fingerprint());
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        trigger.cancel();
+    });
+    server.run(shutdown).await;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
