@@ -18,10 +18,7 @@ pub struct ServerAddr {
 impl ServerAddr {
     /// Parses `HOST:PORT`, `[IPv6]:PORT`, or a bare host (port 7667).
     pub fn parse(s: &str) -> Result<Self, ClientError> {
-        let bad = |why: &str| ClientError::BadAddress {
-            address: s.to_owned(),
-            why: why.to_owned(),
-        };
+        let bad = |why: &str| ClientError::BadAddress { address: s.to_owned(), why: why.to_owned() };
         let s = s.trim();
         if s.is_empty() {
             return Err(bad("it is empty"));
@@ -30,13 +27,7 @@ impl ServerAddr {
             let (host, after) = rest.split_once(']').ok_or_else(|| bad("missing ']'"))?;
             match after {
                 "" => (host, None),
-                p => (
-                    host,
-                    Some(
-                        p.strip_prefix(':')
-                            .ok_or_else(|| bad("expected ':' after ']'"))?,
-                    ),
-                ),
+                p => (host, Some(p.strip_prefix(':').ok_or_else(|| bad("expected ':' after ']'"))?)),
             }
         } else if s.matches(':').count() > 1 {
             // A bare IPv6 address without a port.
@@ -52,16 +43,11 @@ impl ServerAddr {
         }
         let port = match port {
             None => DEFAULT_PORT,
-            Some(p) => p
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| bad("the port must be 1-65535"))?,
+            Some(p) => {
+                p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(|| bad("the port must be 1-65535"))?
+            }
         };
-        Ok(Self {
-            host: host.to_owned(),
-            port,
-        })
+        Ok(Self { host: host.to_owned(), port })
     }
 }
 
@@ -81,16 +67,8 @@ mod tests {
 
     #[test]
     fn parses_the_usual_forms() {
-        assert_eq!(
-            ServerAddr::parse("chat.example.org:7000")
-                .unwrap()
-                .to_string(),
-            "chat.example.org:7000"
-        );
-        assert_eq!(
-            ServerAddr::parse("localhost").unwrap().to_string(),
-            "localhost:7667"
-        );
+        assert_eq!(ServerAddr::parse("chat.example.org:7000").unwrap().to_string(), "chat.example.org:7000");
+        assert_eq!(ServerAddr::parse("localhost").unwrap().to_string(), "localhost:7667");
         assert_eq!(ServerAddr::parse("[::1]:9").unwrap().to_string(), "[::1]:9");
         assert_eq!(ServerAddr::parse("::1").unwrap().to_string(), "[::1]:7667");
         assert_eq!(ServerAddr::parse("127.0.0.1:1").unwrap().host, "127.0.0.1");
@@ -98,16 +76,7 @@ mod tests {
 
     #[test]
     fn refuses_nonsense() {
-        for bad in [
-            "",
-            ":80",
-            "host:0",
-            "host:99999",
-            "host:http",
-            "[::1",
-            "[::1]x",
-            "a b:1",
-        ] {
+        for bad in ["", ":80", "host:0", "host:99999", "host:http", "[::1", "[::1]x", "a b:1"] {
             assert!(ServerAddr::parse(bad).is_err(), "{bad:?}");
         }
     }

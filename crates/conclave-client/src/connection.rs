@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use conclave_proto::{
-    auth_message, decode, encode_to_bytes, AccountInfo, Authenticate, ClientFrame, ClientHello,
-    ErrorBody, Login, Password, Register, Request, RequestId, Response, ServerFrame,
-    CLIENT_MAX_FRAME_LEN, EXPORTER_LABEL, EXPORTER_LEN, NONCE_LEN, PROTOCOL_VERSION,
+    auth_message, decode, encode_to_bytes, AccountInfo, Authenticate, ClientFrame, ClientHello, ErrorBody,
+    Login, Password, Register, Request, RequestId, Response, ServerFrame, CLIENT_MAX_FRAME_LEN,
+    EXPORTER_LABEL, EXPORTER_LEN, NONCE_LEN, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -37,10 +37,7 @@ pub struct TlsConnected {
 /// other certificate is refused with [`ClientError::CertificateChanged`];
 /// without, any certificate is accepted and its fingerprint is returned for
 /// the caller to judge.
-pub async fn connect_tls(
-    addr: &ServerAddr,
-    pinned: Option<&str>,
-) -> Result<TlsConnected, ClientError> {
+pub async fn connect_tls(addr: &ServerAddr, pinned: Option<&str>) -> Result<TlsConnected, ClientError> {
     let address = addr.to_string();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let verifier = PinVerifier::new(pinned.map(str::to_owned), provider.clone());
@@ -52,36 +49,25 @@ pub async fn connect_tls(
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
     let server_name = rustls::pki_types::ServerName::try_from(addr.host.clone()).map_err(|_| {
-        ClientError::BadAddress {
-            address: address.clone(),
-            why: "the host name is not valid".into(),
-        }
+        ClientError::BadAddress { address: address.clone(), why: "the host name is not valid".into() }
     })?;
 
     let tcp = TcpStream::connect((addr.host.as_str(), addr.port))
         .await
-        .map_err(|source| ClientError::Connect {
-            address: address.clone(),
-            source,
-        })?;
+        .map_err(|source| ClientError::Connect { address: address.clone(), source })?;
     let _ = tcp.set_nodelay(true);
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let offered_fp = || offered.lock().ok().and_then(|s| s.clone());
     match connector.connect(server_name, tcp).await {
         Ok(stream) => {
-            let fingerprint = offered_fp()
-                .ok_or_else(|| ClientError::Protocol("no server certificate".into()))?;
-            Ok(TlsConnected {
-                stream,
-                fingerprint,
-            })
+            let fingerprint =
+                offered_fp().ok_or_else(|| ClientError::Protocol("no server certificate".into()))?;
+            Ok(TlsConnected { stream, fingerprint })
         }
         Err(source) => match (pinned, offered_fp()) {
-            (Some(pin), Some(seen)) if pin != seen => Err(ClientError::CertificateChanged {
-                address,
-                pinned: pin.to_owned(),
-                offered: seen,
-            }),
+            (Some(pin), Some(seen)) if pin != seen => {
+                Err(ClientError::CertificateChanged { address, pinned: pin.to_owned(), offered: seen })
+            }
             _ => Err(ClientError::Tls { address, source }),
         },
     }
@@ -112,11 +98,7 @@ impl TlsConnected {
         let nonce = match read_frame(&mut rd, &mut buf).await? {
             Some(ServerFrame::Hello(h)) => h.auth_nonce,
             Some(ServerFrame::Error { error, .. }) => return Err(ClientError::Server(error)),
-            Some(other) => {
-                return Err(ClientError::Protocol(format!(
-                    "expected Hello, got {other:?}"
-                )))
-            }
+            Some(other) => return Err(ClientError::Protocol(format!("expected Hello, got {other:?}"))),
             None => return Err(ClientError::Closed(None)),
         };
 
@@ -183,9 +165,7 @@ impl Connection {
         match answer.await {
             Ok(Ok(response)) => Ok(response),
             Ok(Err(error)) => Err(ClientError::Server(error)),
-            Err(_) => Err(ClientError::Closed(
-                lock(&self.pending).closed.clone().flatten(),
-            )),
+            Err(_) => Err(ClientError::Closed(lock(&self.pending).closed.clone().flatten())),
         }
     }
 
@@ -223,25 +203,14 @@ impl Connection {
         password: Password,
     ) -> Result<AccountInfo, ClientError> {
         let (device_key, signature) = self.proof(device);
-        let req = Request::Login(Login {
-            username: username.to_owned(),
-            password,
-            device_key,
-            signature,
-        });
+        let req = Request::Login(Login { username: username.to_owned(), password, device_key, signature });
         authenticated(self.request(req).await?)
     }
 
     /// Authenticates as an enrolled device.
     pub async fn authenticate(&self, device: &DeviceKey) -> Result<AccountInfo, ClientError> {
         let (device_key, signature) = self.proof(device);
-        authenticated(
-            self.request(Request::Authenticate(Authenticate {
-                device_key,
-                signature,
-            }))
-            .await?,
-        )
+        authenticated(self.request(Request::Authenticate(Authenticate { device_key, signature })).await?)
     }
 
     /// The account and device this connection is authenticated as.
@@ -306,10 +275,7 @@ async fn read_loop(mut rd: ReadHalf<TlsStream<TcpStream>>, mut buf: BytesMut, pe
                     let _ = done.send(Ok(body));
                 }
             }
-            Ok(Some(ServerFrame::Error {
-                id: Some(id),
-                error,
-            })) => {
+            Ok(Some(ServerFrame::Error { id: Some(id), error })) => {
                 if let Some(done) = lock(&pending).waiting.remove(&id) {
                     let _ = done.send(Err(error));
                 }

@@ -12,16 +12,12 @@ pub struct DeviceKey {
 impl DeviceKey {
     /// A fresh random key.
     pub fn generate() -> Self {
-        Self {
-            key: SigningKey::generate(&mut rand::rngs::OsRng),
-        }
+        Self { key: SigningKey::generate(&mut rand::rngs::OsRng) }
     }
 
     /// The key from its 32-byte secret seed.
     pub fn from_seed(seed: &[u8; 32]) -> Self {
-        Self {
-            key: SigningKey::from_bytes(seed),
-        }
+        Self { key: SigningKey::from_bytes(seed) }
     }
 
     /// The 32-byte secret seed, for storing. Wiped when dropped.

@@ -57,23 +57,15 @@ pub struct Profile {
 impl Profile {
     /// Opens the profile in `dir`, creating the directory (0700) if needed.
     pub fn open(dir: &Path) -> Result<Self, ClientError> {
-        create_private_dir(dir)
-            .map_err(|e| err(dir, format!("cannot create the directory: {e}")))?;
+        create_private_dir(dir).map_err(|e| err(dir, format!("cannot create the directory: {e}")))?;
         let path = dir.join(STATE_FILE);
         let state = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                err(
-                    &path,
-                    format!("is not a valid profile ({e}); fix or remove it"),
-                )
-            })?,
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| err(&path, format!("is not a valid profile ({e}); fix or remove it")))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => ProfileState::default(),
             Err(e) => return Err(err(&path, format!("cannot read: {e}"))),
         };
-        Ok(Self {
-            dir: dir.to_owned(),
-            state,
-        })
+        Ok(Self { dir: dir.to_owned(), state })
     }
 
     /// The profile directory.
@@ -84,17 +76,14 @@ impl Profile {
     /// Writes `profile.json`.
     pub fn save(&self) -> Result<(), ClientError> {
         let path = self.dir.join(STATE_FILE);
-        let json = serde_json::to_vec_pretty(&self.state)
-            .map_err(|e| err(&path, format!("cannot encode: {e}")))?;
+        let json =
+            serde_json::to_vec_pretty(&self.state).map_err(|e| err(&path, format!("cannot encode: {e}")))?;
         write_private_atomic(&path, &json).map_err(|e| err(&path, format!("cannot write: {e}")))
     }
 
     /// The pinned fingerprint for `server`, if any.
     pub fn pin(&self, server: &ServerAddr) -> Option<&str> {
-        self.state
-            .known_servers
-            .get(&server.to_string())
-            .map(String::as_str)
+        self.state.known_servers.get(&server.to_string()).map(String::as_str)
     }
 
     /// The device key, if this profile has one.
@@ -106,12 +95,8 @@ impl Profile {
             Err(e) => return Err(err(&path, format!("cannot read: {e}"))),
         };
         let mut seed = Zeroizing::new([0u8; 32]);
-        hex::decode_to_slice(text.trim(), &mut seed[..]).map_err(|_| {
-            err(
-                &path,
-                "is not a valid device key (64 hex digits expected)".into(),
-            )
-        })?;
+        hex::decode_to_slice(text.trim(), &mut seed[..])
+            .map_err(|_| err(&path, "is not a valid device key (64 hex digits expected)".into()))?;
         Ok(Some(DeviceKey::from_seed(&seed)))
     }
 
@@ -123,17 +108,13 @@ impl Profile {
         let key = DeviceKey::generate();
         let path = self.dir.join(KEY_FILE);
         let text = Zeroizing::new(hex::encode(*key.seed()) + "\n");
-        write_private_atomic(&path, text.as_bytes())
-            .map_err(|e| err(&path, format!("cannot write: {e}")))?;
+        write_private_atomic(&path, text.as_bytes()).map_err(|e| err(&path, format!("cannot write: {e}")))?;
         Ok(key)
     }
 }
 
 fn err(path: &Path, message: String) -> ClientError {
-    ClientError::Profile {
-        path: path.to_owned(),
-        message,
-    }
+    ClientError::Profile { path: path.to_owned(), message }
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
@@ -166,9 +147,7 @@ mod tests {
         assert!(p.device_key().unwrap().is_none());
         let key = p.device_key_or_create().unwrap();
         p.state.server = Some("localhost:7667".into());
-        p.state
-            .known_servers
-            .insert("localhost:7667".into(), "SHA256:00".into());
+        p.state.known_servers.insert("localhost:7667".into(), "SHA256:00".into());
         p.save().unwrap();
 
         let again = Profile::open(&pdir).unwrap();
@@ -177,13 +156,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = |f: &str| {
-                std::fs::metadata(pdir.join(f))
-                    .unwrap()
-                    .permissions()
-                    .mode()
-                    & 0o777
-            };
+            let mode = |f: &str| std::fs::metadata(pdir.join(f)).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode(""), 0o700);
             assert_eq!(mode(STATE_FILE), 0o600);
             assert_eq!(mode(KEY_FILE), 0o600);
@@ -198,11 +171,7 @@ mod tests {
         assert!(e.contains("not a valid profile"), "{e}");
         std::fs::write(dir.path().join(STATE_FILE), "{}").unwrap();
         std::fs::write(dir.path().join(KEY_FILE), "xyz").unwrap();
-        let e = Profile::open(dir.path())
-            .unwrap()
-            .device_key()
-            .unwrap_err()
-            .to_string();
+        let e = Profile::open(dir.path()).unwrap().device_key().unwrap_err().to_string();
         assert!(e.contains("not a valid device key"), "{e}");
     }
 }

@@ -24,16 +24,8 @@ pub fn fingerprint(cert: &[u8]) -> String {
 /// any case, optional `:` separators. `None` if it is not 32 bytes of hex.
 pub fn normalize_fingerprint(s: &str) -> Option<String> {
     let s = s.trim();
-    let hexpart = if s.len() > 7 && s[..7].eq_ignore_ascii_case("sha256:") {
-        &s[7..]
-    } else {
-        s
-    };
-    let hexpart: String = hexpart
-        .chars()
-        .filter(|c| *c != ':')
-        .collect::<String>()
-        .to_ascii_lowercase();
+    let hexpart = if s.len() > 7 && s[..7].eq_ignore_ascii_case("sha256:") { &s[7..] } else { s };
+    let hexpart: String = hexpart.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
     (hexpart.len() == 64 && hexpart.chars().all(|c| c.is_ascii_hexdigit()))
         .then(|| format!("SHA256:{hexpart}"))
 }
@@ -49,11 +41,7 @@ pub(crate) struct PinVerifier {
 
 impl PinVerifier {
     pub(crate) fn new(pinned: Option<String>, provider: Arc<CryptoProvider>) -> Self {
-        Self {
-            pinned,
-            offered: Arc::new(Mutex::new(None)),
-            provider,
-        }
+        Self { pinned, offered: Arc::new(Mutex::new(None)), provider }
     }
 
     /// Where the presented certificate's fingerprint is recorded.
@@ -76,9 +64,9 @@ impl ServerCertVerifier for PinVerifier {
             *slot = Some(offered.clone());
         }
         match &self.pinned {
-            Some(pin) if *pin != offered => Err(rustls::Error::General(
-                "server certificate does not match the pin".into(),
-            )),
+            Some(pin) if *pin != offered => {
+                Err(rustls::Error::General("server certificate does not match the pin".into()))
+            }
             _ => Ok(ServerCertVerified::assertion()),
         }
     }
@@ -98,18 +86,11 @@ impl ServerCertVerifier for PinVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.provider.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -122,10 +103,7 @@ mod tests {
         let hex64 = "ab".repeat(32);
         let want = format!("SHA256:{hex64}");
         assert_eq!(normalize_fingerprint(&want).as_deref(), Some(&*want));
-        assert_eq!(
-            normalize_fingerprint(&hex64.to_uppercase()).as_deref(),
-            Some(&*want)
-        );
+        assert_eq!(normalize_fingerprint(&hex64.to_uppercase()).as_deref(), Some(&*want));
         assert_eq!(
             normalize_fingerprint(&format!("sha256:{}", "AB:".repeat(31) + "AB")).as_deref(),
             Some(&*want)

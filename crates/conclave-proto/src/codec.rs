@@ -62,10 +62,7 @@ pub fn encode_to_bytes<T: Serialize>(msg: &T) -> Result<Bytes, EncodeError> {
 /// Returns `Ok(None)` when more bytes are needed; `src` is then untouched.
 /// A frame whose prefix exceeds `max_len` is refused as soon as the prefix is
 /// read. A malformed payload is consumed before the error is returned.
-pub fn decode<T: DeserializeOwned>(
-    src: &mut BytesMut,
-    max_len: usize,
-) -> Result<Option<T>, DecodeError> {
+pub fn decode<T: DeserializeOwned>(src: &mut BytesMut, max_len: usize) -> Result<Option<T>, DecodeError> {
     if src.len() < LEN_PREFIX {
         return Ok(None);
     }
@@ -111,15 +108,9 @@ mod tests {
     fn round_trip() {
         let mut buf = BytesMut::new();
         encode(&sample(), &mut buf).unwrap();
-        let hello = ClientFrame::Hello(ClientHello {
-            protocol_version: 1,
-            client: "t".into(),
-        });
+        let hello = ClientFrame::Hello(ClientHello { protocol_version: 1, client: "t".into() });
         encode(&hello, &mut buf).unwrap();
-        assert_eq!(
-            decode::<ClientFrame>(&mut buf, 1024).unwrap(),
-            Some(sample())
-        );
+        assert_eq!(decode::<ClientFrame>(&mut buf, 1024).unwrap(), Some(sample()));
         assert_eq!(decode::<ClientFrame>(&mut buf, 1024).unwrap(), Some(hello));
         assert!(buf.is_empty());
     }
@@ -129,11 +120,7 @@ mod tests {
         let whole = encode_to_bytes(&sample()).unwrap();
         for cut in 0..whole.len() {
             let mut buf = BytesMut::from(&whole[..cut]);
-            assert_eq!(
-                decode::<ClientFrame>(&mut buf, 1024).unwrap(),
-                None,
-                "cut at {cut}"
-            );
+            assert_eq!(decode::<ClientFrame>(&mut buf, 1024).unwrap(), None, "cut at {cut}");
             assert_eq!(buf.len(), cut, "a partial frame is left in place");
         }
     }
@@ -143,20 +130,14 @@ mod tests {
         let mut buf = BytesMut::from(&[0x00, 0x10, 0x00, 0x01][..]);
         assert_eq!(
             decode::<ClientFrame>(&mut buf, 1 << 20),
-            Err(DecodeError::TooLarge {
-                len: (1 << 20) + 1,
-                max: 1 << 20
-            })
+            Err(DecodeError::TooLarge { len: (1 << 20) + 1, max: 1 << 20 })
         );
     }
 
     #[test]
     fn garbage_is_malformed_and_consumed() {
         let mut buf = BytesMut::from(&[0, 0, 0, 3, 0xff, 0xff, 0xff][..]);
-        assert!(matches!(
-            decode::<ClientFrame>(&mut buf, 1024),
-            Err(DecodeError::Malformed(_))
-        ));
+        assert!(matches!(decode::<ClientFrame>(&mut buf, 1024), Err(DecodeError::Malformed(_))));
         assert!(buf.is_empty());
     }
 
@@ -169,9 +150,6 @@ mod tests {
         bytes[..4].copy_from_slice(&short.to_be_bytes());
         bytes.truncate(LEN_PREFIX + short as usize);
         let mut buf = BytesMut::from(&bytes[..]);
-        assert!(matches!(
-            decode::<ClientFrame>(&mut buf, 1024),
-            Err(DecodeError::Malformed(_))
-        ));
+        assert!(matches!(decode::<ClientFrame>(&mut buf, 1024), Err(DecodeError::Malformed(_))));
     }
 }

@@ -99,11 +99,7 @@ pub struct ErrorBody {
 impl ErrorBody {
     /// An error with a code and a message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-            retry_after_secs: None,
-        }
+        Self { code, message: message.into(), retry_after_secs: None }
     }
 }
 

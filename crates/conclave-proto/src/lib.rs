@@ -22,8 +22,8 @@ pub use auth::{auth_message, AUTH_CONTEXT, EXPORTER_LABEL, EXPORTER_LEN, NONCE_L
 pub use codec::{decode, encode, encode_to_bytes, DecodeError, EncodeError, LEN_PREFIX};
 pub use error::{ErrorBody, ErrorCode};
 pub use frame::{
-    AccountInfo, Authenticate, ClientFrame, ClientHello, Login, Register, Request, RequestId,
-    Response, ServerFrame, ServerHello,
+    AccountInfo, Authenticate, ClientFrame, ClientHello, Login, Register, Request, RequestId, Response,
+    ServerFrame, ServerHello,
 };
 pub use names::{
     validate_display_name, validate_password, validate_username, DisplayName, NameError, Username,

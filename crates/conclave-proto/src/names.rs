@@ -69,9 +69,8 @@ pub fn validate_username(raw: &str) -> Result<Username, NameError> {
     if chars == 0 || chars > MAX_USERNAME_LEN {
         return Err(NameError::UsernameLength(chars));
     }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')))
+    if let Some(bad) =
+        name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')))
     {
         return Err(NameError::UsernameChar(bad));
     }
@@ -108,31 +107,16 @@ mod tests {
         assert_eq!(validate_username("alice").unwrap().as_str(), "alice");
         assert_eq!(validate_username("Alice").unwrap().as_str(), "alice");
         assert_eq!(validate_username("a.b_c-9").unwrap().as_str(), "a.b_c-9");
-        assert_eq!(
-            validate_username(&"x".repeat(32)).unwrap().as_str().len(),
-            32
-        );
+        assert_eq!(validate_username(&"x".repeat(32)).unwrap().as_str().len(), 32);
         assert_eq!(validate_username(""), Err(NameError::UsernameLength(0)));
-        assert_eq!(
-            validate_username(&"x".repeat(33)),
-            Err(NameError::UsernameLength(33))
-        );
-        assert_eq!(
-            validate_username("al ice"),
-            Err(NameError::UsernameChar(' '))
-        );
-        assert_eq!(
-            validate_username("émile"),
-            Err(NameError::UsernameChar('é'))
-        );
+        assert_eq!(validate_username(&"x".repeat(33)), Err(NameError::UsernameLength(33)));
+        assert_eq!(validate_username("al ice"), Err(NameError::UsernameChar(' ')));
+        assert_eq!(validate_username("émile"), Err(NameError::UsernameChar('é')));
     }
 
     #[test]
     fn display_names() {
-        assert_eq!(
-            validate_display_name(" Alice B. ").unwrap().as_str(),
-            "Alice B."
-        );
+        assert_eq!(validate_display_name(" Alice B. ").unwrap().as_str(), "Alice B.");
         assert_eq!(validate_display_name("😀 Zoë").unwrap().as_str(), "😀 Zoë");
         assert!(validate_display_name("").is_err());
         assert!(validate_display_name("a\nb").is_err());
@@ -143,9 +127,6 @@ mod tests {
     fn passwords() {
         assert_eq!(validate_password("short"), Err(NameError::PasswordTooShort));
         assert_eq!(validate_password("12345678"), Ok(()));
-        assert_eq!(
-            validate_password(&"p".repeat(1025)),
-            Err(NameError::PasswordTooLong)
-        );
+        assert_eq!(validate_password(&"p".repeat(1025)), Err(NameError::PasswordTooLong));
     }
 }

@@ -11,9 +11,6 @@ where
 {
     tokio::task::spawn_blocking(f).await.map_err(|e| {
         tracing::error!(error = %e, "blocking task failed");
-        ErrorBody::new(
-            ErrorCode::INTERNAL,
-            "internal server error; the server log has details",
-        )
+        ErrorBody::new(ErrorCode::INTERNAL, "internal server error; the server log has details")
     })
 }

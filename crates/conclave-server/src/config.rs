@@ -100,8 +100,5 @@ impl Config {
 
 /// IPv6 and IPv4 wildcard addresses on `port`.
 pub fn default_listen(port: u16) -> Vec<SocketAddr> {
-    vec![
-        SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)),
-        SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
-    ]
+    vec![SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)), SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))]
 }

@@ -39,11 +39,7 @@ pub struct FrameReader<R> {
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// A reader accepting frames up to `max_len` bytes.
     pub fn new(inner: R, max_len: usize) -> Self {
-        Self {
-            inner,
-            buf: BytesMut::with_capacity(4096),
-            max_len,
-        }
+        Self { inner, buf: BytesMut::with_capacity(4096), max_len }
     }
 
     /// The next frame, or `None` when the peer closed cleanly between frames.
@@ -56,11 +52,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 self.buf.reserve(4096);
             }
             if self.inner.read_buf(&mut self.buf).await? == 0 {
-                return if self.buf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(ReadError::Truncated)
-                };
+                return if self.buf.is_empty() { Ok(None) } else { Err(ReadError::Truncated) };
             }
         }
     }

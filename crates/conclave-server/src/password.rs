@@ -8,9 +8,7 @@
 
 use std::sync::Arc;
 
-use argon2::password_hash::{
-    rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString,
-};
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use conclave_proto::{ErrorBody, ErrorCode, Password};
 use tokio::sync::Semaphore;
@@ -27,38 +25,25 @@ impl Hasher {
     /// A hasher running at most `threads` hashes at once.
     pub fn new(threads: usize) -> Result<Self, ErrorBody> {
         let dummy = hash_now(&Password::new(hex_random()))?;
-        Ok(Self {
-            permits: Arc::new(Semaphore::new(threads.max(1))),
-            dummy,
-        })
+        Ok(Self { permits: Arc::new(Semaphore::new(threads.max(1))), dummy })
     }
 
     /// The PHC string of a new password.
     pub async fn hash(&self, password: Password) -> Result<String, ErrorBody> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| internal("hasher closed"))?;
+        let _permit = self.permits.acquire().await.map_err(|_| internal("hasher closed"))?;
         crate::blocking::run(move || hash_now(&password)).await?
     }
 
     /// Whether `password` matches `phc`; with no `phc` (unknown user), checks
     /// against a dummy hash and answers false, taking the same time.
     pub async fn verify(&self, password: Password, phc: Option<String>) -> Result<bool, ErrorBody> {
-        let _permit = self
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| internal("hasher closed"))?;
+        let _permit = self.permits.acquire().await.map_err(|_| internal("hasher closed"))?;
         let known = phc.is_some();
         let phc = phc.unwrap_or_else(|| self.dummy.clone());
         let ok = crate::blocking::run(move || {
             PasswordHash::new(&phc)
                 .map(|parsed| {
-                    Argon2::default()
-                        .verify_password(password.expose().as_bytes(), &parsed)
-                        .is_ok()
+                    Argon2::default().verify_password(password.expose().as_bytes(), &parsed).is_ok()
                 })
                 .unwrap_or(false)
         })
@@ -84,10 +69,7 @@ fn hex_random() -> String {
 
 fn internal(what: &str) -> ErrorBody {
     tracing::error!(what, "password hasher");
-    ErrorBody::new(
-        ErrorCode::INTERNAL,
-        "internal server error; the server log has details",
-    )
+    ErrorBody::new(ErrorCode::INTERNAL, "internal server error; the server log has details")
 }
 
 #[cfg(test)]
@@ -99,17 +81,8 @@ mod tests {
         let hasher = Hasher::new(1).unwrap();
         let phc = hasher.hash(Password::new("correct horse")).await.unwrap();
         assert!(phc.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{phc}");
-        assert!(hasher
-            .verify(Password::new("correct horse"), Some(phc.clone()))
-            .await
-            .unwrap());
-        assert!(!hasher
-            .verify(Password::new("wrong horse"), Some(phc))
-            .await
-            .unwrap());
-        assert!(!hasher
-            .verify(Password::new("correct horse"), None)
-            .await
-            .unwrap());
+        assert!(hasher.verify(Password::new("correct horse"), Some(phc.clone())).await.unwrap());
+        assert!(!hasher.verify(Password::new("wrong horse"), Some(phc)).await.unwrap());
+        assert!(!hasher.verify(Password::new("correct horse"), None).await.unwrap());
     }
 }

@@ -70,10 +70,8 @@ impl Server {
     /// Opens the data directory, loads or makes the certificate, and binds
     /// every listen address.
     pub async fn bind(config: Config) -> Result<Self, ServerError> {
-        crate::fs::create_private_dir(&config.data_dir).map_err(|source| ServerError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
+        crate::fs::create_private_dir(&config.data_dir)
+            .map_err(|source| ServerError::DataDir { path: config.data_dir.clone(), source })?;
         let identity = match &config.tls {
             TlsSource::SelfSigned => Identity::self_signed_in(&config.tls_dir())?,
             TlsSource::Files { cert, key } => Identity::from_pem_files(cert, key)?,
@@ -81,8 +79,8 @@ impl Server {
         let tls_config = identity.server_config()?;
         let store = SqliteStore::open(&config.database_path())?;
         let listeners = bind_all(&config.listen)?;
-        let hasher = password::Hasher::new(config.argon2_threads)
-            .map_err(|e| ServerError::Setup(e.message))?;
+        let hasher =
+            password::Hasher::new(config.argon2_threads).map_err(|e| ServerError::Setup(e.message))?;
         let shared = Arc::new(Shared {
             throttle: throttle::Throttle::new(config.free_login_failures),
             config,
@@ -92,19 +90,12 @@ impl Server {
             active: AtomicUsize::new(0),
             tracker: TaskTracker::new(),
         });
-        Ok(Self {
-            listeners,
-            fingerprint: identity.fingerprint(),
-            shared,
-        })
+        Ok(Self { listeners, fingerprint: identity.fingerprint(), shared })
     }
 
     /// The addresses actually bound (useful with port 0).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect()
+        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
     }
 
     /// `SHA256:<hex>` of the server certificate.
@@ -124,10 +115,7 @@ impl Server {
         }
         shutdown.cancelled().await;
         tracker.close();
-        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
             tracing::warn!("some connections did not close within the shutdown grace period");
         }
         tracing::info!("server stopped");
@@ -179,9 +167,7 @@ fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ServerError> {
             Ok(l) => listeners.push(l),
             // A machine without IPv6 still serves IPv4 under the default pair.
             Err(e)
-                if addr.is_ipv6()
-                    && addrs.len() > 1
-                    && e.kind() == std::io::ErrorKind::AddrNotAvailable =>
+                if addr.is_ipv6() && addrs.len() > 1 && e.kind() == std::io::ErrorKind::AddrNotAvailable =>
             {
                 tracing::warn!(%addr, error = %e, "IPv6 unavailable; skipping");
             }

@@ -18,8 +18,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use conclave_proto::{
-    ClientFrame, DecodeError, ErrorBody, ErrorCode, Request, RequestId, Response, ServerFrame,
-    ServerHello, EXPORTER_LABEL, EXPORTER_LEN, NONCE_LEN, PROTOCOL_VERSION,
+    ClientFrame, DecodeError, ErrorBody, ErrorCode, Request, RequestId, Response, ServerFrame, ServerHello,
+    EXPORTER_LABEL, EXPORTER_LEN, NONCE_LEN, PROTOCOL_VERSION,
 };
 use rand::RngCore;
 use tokio::net::TcpStream;
@@ -64,12 +64,7 @@ struct Session {
 }
 
 /// Serves one accepted TCP connection until it closes.
-pub async fn serve(
-    shared: Arc<Shared>,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    shutdown: CancellationToken,
-) {
+pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
     let deadline = Instant::now() + shared.config.handshake_timeout;
     let tls = match timeout_at(deadline, shared.acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
@@ -83,11 +78,7 @@ pub async fn serve(
         }
     };
     let mut exporter = [0u8; EXPORTER_LEN];
-    if let Err(e) = tls
-        .get_ref()
-        .1
-        .export_keying_material(&mut exporter, EXPORTER_LABEL, None)
-    {
+    if let Err(e) = tls.get_ref().1.export_keying_material(&mut exporter, EXPORTER_LABEL, None) {
         tracing::error!(%peer, error = %e, "TLS exporter failed");
         return;
     }
@@ -97,15 +88,7 @@ pub async fn serve(
     let (rd, wr) = tokio::io::split(tls);
     let (outbox, writer) = spawn_writer(wr, shared.config.outbound_queue, &shared.tracker);
     let mut reader = FrameReader::new(rd, shared.config.max_frame_len);
-    let mut session = Session {
-        shared: shared.clone(),
-        info: ConnInfo {
-            peer,
-            nonce,
-            exporter,
-        },
-        outbox,
-    };
+    let mut session = Session { shared: shared.clone(), info: ConnInfo { peer, nonce, exporter }, outbox };
     let mut state = State::AwaitingHello;
 
     loop {
@@ -140,10 +123,7 @@ pub async fn serve(
             }
             Ok(Err(ReadError::Decode(e))) => {
                 tracing::info!(%peer, error = %e, "undecodable frame");
-                session.close_with(ErrorBody::new(
-                    ErrorCode::MALFORMED_FRAME,
-                    format!("{e}; closing"),
-                ));
+                session.close_with(ErrorBody::new(ErrorCode::MALFORMED_FRAME, format!("{e}; closing")));
                 break;
             }
             Ok(Err(e)) => {
@@ -176,10 +156,7 @@ impl Session {
     fn reply(&self, id: RequestId, result: Result<Response, ErrorBody>) -> bool {
         let frame = match result {
             Ok(body) => ServerFrame::Response { id, body },
-            Err(error) => ServerFrame::Error {
-                id: Some(id),
-                error,
-            },
+            Err(error) => ServerFrame::Error { id: Some(id), error },
         };
         self.outbox.send(&frame).is_ok()
     }
@@ -210,17 +187,11 @@ impl Session {
                 Flow::Continue(State::AwaitingAuth)
             }
             (state @ State::AwaitingHello, ClientFrame::Request { .. }) => {
-                self.close_with(ErrorBody::new(
-                    ErrorCode::UNEXPECTED_FRAME,
-                    "send Hello first",
-                ));
+                self.close_with(ErrorBody::new(ErrorCode::UNEXPECTED_FRAME, "send Hello first"));
                 Flow::Close(state)
             }
             (state, ClientFrame::Hello(_)) => {
-                self.close_with(ErrorBody::new(
-                    ErrorCode::UNEXPECTED_FRAME,
-                    "Hello was already exchanged",
-                ));
+                self.close_with(ErrorBody::new(ErrorCode::UNEXPECTED_FRAME, "Hello was already exchanged"));
                 Flow::Close(state)
             }
             (state, ClientFrame::Request { id, body }) => {
@@ -235,11 +206,7 @@ impl Session {
     }
 
     /// The request table: each request's precondition is checked here, once.
-    async fn dispatch(
-        &mut self,
-        state: State,
-        request: Request,
-    ) -> (State, Result<Response, ErrorBody>) {
+    async fn dispatch(&mut self, state: State, request: Request) -> (State, Result<Response, ErrorBody>) {
         let shared = &self.shared;
         match (state, request) {
             (State::AwaitingAuth, Request::Register(r)) => {
@@ -258,28 +225,18 @@ impl Session {
                     "not authenticated: send Register, Login or Authenticate first",
                 )),
             ),
-            (
+            (State::Ready(a), Request::Register(_) | Request::Login(_) | Request::Authenticate(_)) => (
                 State::Ready(a),
-                Request::Register(_) | Request::Login(_) | Request::Authenticate(_),
-            ) => (
-                State::Ready(a),
-                Err(ErrorBody::new(
-                    ErrorCode::UNEXPECTED_FRAME,
-                    "this connection is already authenticated",
-                )),
+                Err(ErrorBody::new(ErrorCode::UNEXPECTED_FRAME, "this connection is already authenticated")),
             ),
             (State::Ready(a), Request::WhoAmI) => {
                 let info = handlers::whoami::handle(&a);
                 (State::Ready(a), Ok(info))
             }
             (State::Ready(a), Request::Ping) => (State::Ready(a), Ok(Response::Pong)),
-            (State::AwaitingHello, _) => (
-                State::AwaitingHello,
-                Err(ErrorBody::new(
-                    ErrorCode::UNEXPECTED_FRAME,
-                    "send Hello first",
-                )),
-            ),
+            (State::AwaitingHello, _) => {
+                (State::AwaitingHello, Err(ErrorBody::new(ErrorCode::UNEXPECTED_FRAME, "send Hello first")))
+            }
         }
     }
 }

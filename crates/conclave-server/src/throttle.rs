@@ -63,10 +63,7 @@ pub struct Throttle {
 impl Throttle {
     /// A throttle allowing `free` failures per key before backoff.
     pub fn new(free: u32) -> Self {
-        Self {
-            free,
-            entries: Mutex::new(HashMap::new()),
-        }
+        Self { free, entries: Mutex::new(HashMap::new()) }
     }
 
     /// If any key is blocked at `now`, how long until it is not.
@@ -140,11 +137,7 @@ mod tests {
         assert_eq!(t.check(&key, now), Some(Duration::from_secs(2)));
         t.fail(&key, now);
         assert_eq!(t.check(&key, now), Some(Duration::from_secs(4)));
-        assert_eq!(
-            t.check(&key, now + Duration::from_secs(5)),
-            None,
-            "the wait ends"
-        );
+        assert_eq!(t.check(&key, now + Duration::from_secs(5)), None, "the wait ends");
         t.clear(&key[0]);
         assert_eq!(t.check(&key, now), None);
     }
@@ -160,11 +153,7 @@ mod tests {
         assert_eq!(t.check(&key, now), Some(MAX_BACKOFF));
         let later = now + FORGET_AFTER;
         t.fail(&key, later);
-        assert_eq!(
-            t.check(&key, later),
-            Some(Duration::from_secs(1)),
-            "old failures expire"
-        );
+        assert_eq!(t.check(&key, later), Some(Duration::from_secs(1)), "old failures expire");
     }
 
     #[test]
@@ -181,10 +170,7 @@ mod tests {
         let t = Throttle::new(5);
         let now = Instant::now();
         for i in 0..(MAX_ENTRIES as u32 + 10) {
-            t.fail(
-                &[Key::Account(i.to_string())],
-                now + Duration::from_nanos(i as u64),
-            );
+            t.fail(&[Key::Account(i.to_string())], now + Duration::from_nanos(i as u64));
         }
         assert!(t.lock().len() <= MAX_ENTRIES);
     }

@@ -62,26 +62,14 @@ impl Identity {
         let cert_pem = read(cert)?;
         let chain: Vec<_> = rustls_pemfile::certs(&mut &cert_pem[..])
             .collect::<Result<_, _>>()
-            .map_err(|source| TlsError::Read {
-                path: cert.into(),
-                source,
-            })?;
+            .map_err(|source| TlsError::Read { path: cert.into(), source })?;
         if chain.is_empty() {
-            return Err(TlsError::Missing {
-                path: cert.into(),
-                what: "certificate",
-            });
+            return Err(TlsError::Missing { path: cert.into(), what: "certificate" });
         }
         let key_pem = read(key)?;
         let key = rustls_pemfile::private_key(&mut &key_pem[..])
-            .map_err(|source| TlsError::Read {
-                path: key.into(),
-                source,
-            })?
-            .ok_or_else(|| TlsError::Missing {
-                path: key.into(),
-                what: "private key",
-            })?;
+            .map_err(|source| TlsError::Read { path: key.into(), source })?
+            .ok_or_else(|| TlsError::Missing { path: key.into(), what: "private key" })?;
         Ok(Self { chain, key })
     }
 
@@ -90,17 +78,9 @@ impl Identity {
         let cert = dir.join("cert.pem");
         let key = dir.join("key.pem");
         if !cert.exists() || !key.exists() {
-            let gen_err = |message: String| TlsError::Generate {
-                dir: dir.into(),
-                message,
-            };
-            let names = vec![
-                "localhost".to_owned(),
-                "127.0.0.1".to_owned(),
-                "::1".to_owned(),
-            ];
-            let made =
-                rcgen::generate_simple_self_signed(names).map_err(|e| gen_err(e.to_string()))?;
+            let gen_err = |message: String| TlsError::Generate { dir: dir.into(), message };
+            let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()];
+            let made = rcgen::generate_simple_self_signed(names).map_err(|e| gen_err(e.to_string()))?;
             crate::fs::create_private_dir(dir).map_err(|e| gen_err(e.to_string()))?;
             // Key first: a crash between the two writes leaves no certificate,
             // so the next start makes a fresh pair instead of a mismatched one.
@@ -124,10 +104,7 @@ impl Identity {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.into(),
-        source,
-    })
+    std::fs::read(path).map_err(|source| TlsError::Read { path: path.into(), source })
 }
 
 /// `SHA256:<lowercase hex>` of a certificate's DER encoding.

@@ -4,9 +4,7 @@ use std::io::{BufRead, IsTerminal};
 
 use anyhow::{bail, Context};
 use conclave_client::{AccountRecord, Connection, Profile};
-use conclave_proto::{
-    validate_display_name, validate_password, validate_username, AccountInfo, Password,
-};
+use conclave_proto::{validate_display_name, validate_password, validate_username, AccountInfo, Password};
 
 use crate::cli::{Cli, LoginArgs, RegisterArgs};
 use crate::connect::{connect, open_profile, remember};
@@ -25,20 +23,11 @@ pub async fn register(cli: &Cli, args: &RegisterArgs) -> anyhow::Result<()> {
     let device = profile.device_key_or_create()?;
     let (addr, conn) = connect(cli, &profile).await?;
     let info = conn
-        .register(
-            &device,
-            username.as_str(),
-            password,
-            args.display_name.clone(),
-            args.token.clone(),
-        )
+        .register(&device, username.as_str(), password, args.display_name.clone(), args.token.clone())
         .await
         .context("registration failed")?;
     save_account(&mut profile, &addr, &conn, &info)?;
-    println!(
-        "registered {} ({}), device {} on {addr}",
-        info.username, info.display_name, info.device_id
-    );
+    println!("registered {} ({}), device {} on {addr}", info.username, info.display_name, info.device_id);
     Ok(())
 }
 
@@ -50,10 +39,7 @@ pub async fn login(cli: &Cli, args: &LoginArgs) -> anyhow::Result<()> {
     let password = read_password(args.password_stdin, false)?;
     let device = profile.device_key_or_create()?;
     let (addr, conn) = connect(cli, &profile).await?;
-    let info = conn
-        .login(&device, username.as_str(), password)
-        .await
-        .context("login failed")?;
+    let info = conn.login(&device, username.as_str(), password).await.context("login failed")?;
     save_account(&mut profile, &addr, &conn, &info)?;
     println!(
         "logged in as {} ({}): this profile is device {} on {addr}",
@@ -96,9 +82,7 @@ pub async fn authenticated(
         );
     }
     let (addr, conn) = connect(cli, profile).await?;
-    conn.authenticate(&device)
-        .await
-        .context("authentication failed")?;
+    conn.authenticate(&device).await.context("authentication failed")?;
     Ok((addr, conn))
 }
 
@@ -149,8 +133,7 @@ fn read_password(from_stdin: bool, confirm: bool) -> anyhow::Result<Password> {
     }
     let first = rpassword::prompt_password("Password: ").context("cannot read the password")?;
     if confirm {
-        let second =
-            rpassword::prompt_password("Repeat password: ").context("cannot read the password")?;
+        let second = rpassword::prompt_password("Repeat password: ").context("cannot read the password")?;
         if first != second {
             bail!("the two passwords differ; nothing was changed");
         }

@@ -143,14 +143,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 pub fn default_data_dir() -> anyhow::Result<PathBuf> {
     dirs::data_dir()
         .map(|d| d.join("conclave-server"))
-        .ok_or_else(|| {
-            anyhow::anyhow!("cannot find a data directory for this user; pass --data DIR")
-        })
+        .ok_or_else(|| anyhow::anyhow!("cannot find a data directory for this user; pass --data DIR"))
 }
 
 /// The default profile directory: `$XDG_DATA_HOME/conclave`.
 pub fn default_profile_dir() -> anyhow::Result<PathBuf> {
-    dirs::data_dir().map(|d| d.join("conclave")).ok_or_else(|| {
-        anyhow::anyhow!("cannot find a data directory for this user; pass --profile DIR")
-    })
+    dirs::data_dir()
+        .map(|d| d.join("conclave"))
+        .ok_or_else(|| anyhow::anyhow!("cannot find a data directory for this user; pass --profile DIR"))
 }

@@ -21,7 +21,9 @@ pub fn open_profile(cli: &Cli) -> anyhow::Result<Profile> {
 pub fn server_addr(cli: &Cli, profile: &Profile) -> anyhow::Result<ServerAddr> {
     let given = cli.server.as_deref().or(profile.state.server.as_deref());
     let Some(s) = given else {
-        bail!("no server known for this profile; pass --server HOST:PORT (for example --server localhost:7667)")
+        bail!(
+            "no server known for this profile; pass --server HOST:PORT (for example --server localhost:7667)"
+        )
     };
     Ok(ServerAddr::parse(s)?)
 }
@@ -56,10 +58,7 @@ pub async fn connect(cli: &Cli, profile: &Profile) -> anyhow::Result<(ServerAddr
 /// Records the server as the profile's default and pins its certificate.
 pub fn remember(profile: &mut Profile, addr: &ServerAddr, conn: &Connection) {
     let key = addr.to_string();
-    profile
-        .state
-        .known_servers
-        .insert(key.clone(), conn.fingerprint().to_owned());
+    profile.state.known_servers.insert(key.clone(), conn.fingerprint().to_owned());
     profile.state.server = Some(key);
 }
 

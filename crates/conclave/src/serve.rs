@@ -18,23 +18,11 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
         config.listen = args.listen.clone();
     }
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
-        config.tls = TlsSource::Files {
-            cert: cert.clone(),
-            key: key.clone(),
-        };
+        config.tls = TlsSource::Files { cert: cert.clone(), key: key.clone() };
     }
-    anyhow::ensure!(
-        args.max_frame_bytes >= 1024,
-        "--max-frame-bytes must be at least 1024"
-    );
-    anyhow::ensure!(
-        args.max_connections >= 1,
-        "--max-connections must be at least 1"
-    );
-    anyhow::ensure!(
-        args.handshake_timeout >= 1,
-        "--handshake-timeout must be at least 1 second"
-    );
+    anyhow::ensure!(args.max_frame_bytes >= 1024, "--max-frame-bytes must be at least 1024");
+    anyhow::ensure!(args.max_connections >= 1, "--max-connections must be at least 1");
+    anyhow::ensure!(args.handshake_timeout >= 1, "--handshake-timeout must be at least 1 second");
     config.max_frame_len = args.max_frame_bytes;
     config.max_connections = args.max_connections;
     config.handshake_timeout = std::time::Duration::from_secs(args.handshake_timeout);

@@ -8,16 +8,10 @@ use crate::Shared;
 
 /// Verifies the signature and finds the device's account.
 #[tracing::instrument(skip_all, fields(peer = %info.peer))]
-pub async fn handle(
-    shared: &Shared,
-    info: &ConnInfo,
-    req: Authenticate,
-) -> Result<DeviceAccount, ErrorBody> {
+pub async fn handle(shared: &Shared, info: &ConnInfo, req: Authenticate) -> Result<DeviceAccount, ErrorBody> {
     let key = super::verify_device(info, &req.device_key, &req.signature)?;
     let store = shared.store.clone();
-    let found = crate::blocking::run(move || store.device_by_key(&key))
-        .await?
-        .map_err(super::store_error)?;
+    let found = crate::blocking::run(move || store.device_by_key(&key)).await?.map_err(super::store_error)?;
     match found {
         Some(account) => {
             tracing::info!(user = %account.username, device = account.device.0, "device authenticated");

@@ -22,11 +22,7 @@ fn invalid() -> ErrorBody {
 
 /// Checks the throttle, the device signature and the password, then adds the device.
 #[tracing::instrument(skip_all, fields(peer = %info.peer))]
-pub async fn handle(
-    shared: &Shared,
-    info: &ConnInfo,
-    req: Login,
-) -> Result<DeviceAccount, ErrorBody> {
+pub async fn handle(shared: &Shared, info: &ConnInfo, req: Login) -> Result<DeviceAccount, ErrorBody> {
     let key = super::verify_device(info, &req.device_key, &req.signature)?;
     let account_key = Key::Account(req.username.to_ascii_lowercase());
     let keys = [account_key.clone(), Key::address(info.peer.ip())];
@@ -43,17 +39,12 @@ pub async fn handle(
     let credential = match validate_username(&req.username) {
         Ok(name) => {
             let store = shared.store.clone();
-            crate::blocking::run(move || store.credential(&name))
-                .await?
-                .map_err(super::store_error)?
+            crate::blocking::run(move || store.credential(&name)).await?.map_err(super::store_error)?
         }
         Err(_) => None,
     };
     let user = credential.as_ref().map(|c| c.user);
-    let ok = shared
-        .hasher
-        .verify(req.password, credential.map(|c| c.password_hash))
-        .await?;
+    let ok = shared.hasher.verify(req.password, credential.map(|c| c.password_hash)).await?;
     let Some(user) = user.filter(|_| ok) else {
         shared.throttle.fail(&keys, Instant::now());
         tracing::warn!("login failed");
@@ -62,9 +53,8 @@ pub async fn handle(
     shared.throttle.clear(&account_key);
 
     let store = shared.store.clone();
-    let account = crate::blocking::run(move || store.add_device(user, &key))
-        .await?
-        .map_err(super::store_error)?;
+    let account =
+        crate::blocking::run(move || store.add_device(user, &key)).await?.map_err(super::store_error)?;
     tracing::info!(user = %account.username, device = account.device.0, "device enrolled by login");
     Ok(account)
 }

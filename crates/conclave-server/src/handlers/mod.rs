@@ -23,35 +23,17 @@ pub fn account_info(a: &DeviceAccount) -> AccountInfo {
 
 /// Checks that `signature` is `device_key`'s signature of this connection's
 /// authentication message, and returns the key.
-pub fn verify_device(
-    info: &ConnInfo,
-    device_key: &[u8],
-    signature: &[u8],
-) -> Result<DeviceKey, ErrorBody> {
-    let key: [u8; 32] = device_key.try_into().map_err(|_| {
-        ErrorBody::new(
-            ErrorCode::INVALID_REQUEST,
-            "a device key is 32 bytes (Ed25519)",
-        )
-    })?;
+pub fn verify_device(info: &ConnInfo, device_key: &[u8], signature: &[u8]) -> Result<DeviceKey, ErrorBody> {
+    let key: [u8; 32] = device_key
+        .try_into()
+        .map_err(|_| ErrorBody::new(ErrorCode::INVALID_REQUEST, "a device key is 32 bytes (Ed25519)"))?;
     let sig: [u8; 64] = signature.try_into().map_err(|_| {
-        ErrorBody::new(
-            ErrorCode::INVALID_REQUEST,
-            "a device signature is 64 bytes (Ed25519)",
-        )
+        ErrorBody::new(ErrorCode::INVALID_REQUEST, "a device signature is 64 bytes (Ed25519)")
     })?;
-    let bad = || {
-        ErrorBody::new(
-            ErrorCode::BAD_SIGNATURE,
-            "the device signature does not verify",
-        )
-    };
+    let bad = || ErrorBody::new(ErrorCode::BAD_SIGNATURE, "the device signature does not verify");
     let verifying = VerifyingKey::from_bytes(&key).map_err(|_| bad())?;
     verifying
-        .verify_strict(
-            &auth_message(&info.nonce, &info.exporter),
-            &Signature::from_bytes(&sig),
-        )
+        .verify_strict(&auth_message(&info.nonce, &info.exporter), &Signature::from_bytes(&sig))
         .map_err(|_| bad())?;
     Ok(DeviceKey(key))
 }
@@ -59,10 +41,9 @@ pub fn verify_device(
 /// Maps a storage failure to what the client is told.
 pub fn store_error(e: StoreError) -> ErrorBody {
     match e {
-        StoreError::UsernameTaken => ErrorBody::new(
-            ErrorCode::USERNAME_TAKEN,
-            "that username is taken; choose another",
-        ),
+        StoreError::UsernameTaken => {
+            ErrorBody::new(ErrorCode::USERNAME_TAKEN, "that username is taken; choose another")
+        }
         StoreError::DeviceKeyInUse => ErrorBody::new(
             ErrorCode::DEVICE_KEY_IN_USE,
             "this device key is already registered; use a new profile for a new device",
@@ -73,10 +54,7 @@ pub fn store_error(e: StoreError) -> ErrorBody {
         ),
         other => {
             tracing::error!(error = %other, "storage failed");
-            ErrorBody::new(
-                ErrorCode::INTERNAL,
-                "internal server error; the server log has details",
-            )
+            ErrorBody::new(ErrorCode::INTERNAL, "internal server error; the server log has details")
         }
     }
 }

@@ -12,11 +12,7 @@ use crate::Shared;
 /// Checks the policy and every field, then hashes the password and stores
 /// the account and device in one transaction.
 #[tracing::instrument(skip_all, fields(peer = %info.peer))]
-pub async fn handle(
-    shared: &Shared,
-    info: &ConnInfo,
-    req: Register,
-) -> Result<DeviceAccount, ErrorBody> {
+pub async fn handle(shared: &Shared, info: &ConnInfo, req: Register) -> Result<DeviceAccount, ErrorBody> {
     match shared.config.registration {
         RegistrationPolicy::Open => {}
         RegistrationPolicy::Closed => {
@@ -37,9 +33,8 @@ pub async fn handle(
         .map_err(|e| ErrorBody::new(ErrorCode::INVALID_USERNAME, e.to_string()))?;
     validate_password(req.password.expose())
         .map_err(|e| ErrorBody::new(ErrorCode::WEAK_PASSWORD, e.to_string()))?;
-    let display_name =
-        validate_display_name(req.display_name.as_deref().unwrap_or(username.as_str()))
-            .map_err(|e| ErrorBody::new(ErrorCode::INVALID_DISPLAY_NAME, e.to_string()))?;
+    let display_name = validate_display_name(req.display_name.as_deref().unwrap_or(username.as_str()))
+        .map_err(|e| ErrorBody::new(ErrorCode::INVALID_DISPLAY_NAME, e.to_string()))?;
     let key = super::verify_device(info, &req.device_key, &req.signature)?;
     // Under an open policy a token is not needed, and is ignored.
     let token = match shared.config.registration {

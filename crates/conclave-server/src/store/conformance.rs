@@ -28,9 +28,7 @@ fn accounts_and_devices(store: &dyn Store) {
     let alice = validate_username("alice").unwrap();
     let display = validate_display_name("Alice").unwrap();
     let k1 = DeviceKey([1; 32]);
-    let created = store
-        .create_account(new(&alice, &display, &k1, None))
-        .unwrap();
+    let created = store.create_account(new(&alice, &display, &k1, None)).unwrap();
     assert_eq!(created.device, DeviceNo(1));
     assert_eq!(created.display_name, "Alice");
 
@@ -39,14 +37,8 @@ fn accounts_and_devices(store: &dyn Store) {
 
     let other = validate_username("bob").unwrap();
     let dup_key = store.create_account(new(&other, &display, &k1, None));
-    assert!(
-        matches!(dup_key, Err(StoreError::DeviceKeyInUse)),
-        "{dup_key:?}"
-    );
-    assert!(
-        store.credential(&other).unwrap().is_none(),
-        "a failed create leaves nothing behind"
-    );
+    assert!(matches!(dup_key, Err(StoreError::DeviceKeyInUse)), "{dup_key:?}");
+    assert!(store.credential(&other).unwrap().is_none(), "a failed create leaves nothing behind");
 
     let cred = store.credential(&alice).unwrap().unwrap();
     assert_eq!(cred.user, created.user);
@@ -54,10 +46,7 @@ fn accounts_and_devices(store: &dyn Store) {
 
     let second = store.add_device(cred.user, &DeviceKey([3; 32])).unwrap();
     assert_eq!(second.device, DeviceNo(2));
-    assert!(matches!(
-        store.add_device(cred.user, &k1),
-        Err(StoreError::DeviceKeyInUse)
-    ));
+    assert!(matches!(store.add_device(cred.user, &k1), Err(StoreError::DeviceKeyInUse)));
 
     let found = store.device_by_key(&DeviceKey([3; 32])).unwrap().unwrap();
     assert_eq!(found, second);
@@ -71,13 +60,8 @@ fn invites(store: &dyn Store) {
     assert!(matches!(bad, Err(StoreError::InvalidToken)), "{bad:?}");
 
     store.create_invite("tok-1").unwrap();
-    store
-        .create_account(new(&carol, &display, &DeviceKey([4; 32]), Some("tok-1")))
-        .unwrap();
+    store.create_account(new(&carol, &display, &DeviceKey([4; 32]), Some("tok-1"))).unwrap();
     let dave = validate_username("dave").unwrap();
     let reused = store.create_account(new(&dave, &display, &DeviceKey([5; 32]), Some("tok-1")));
-    assert!(
-        matches!(reused, Err(StoreError::InvalidToken)),
-        "a token is used once"
-    );
+    assert!(matches!(reused, Err(StoreError::InvalidToken)), "a token is used once");
 }

@@ -51,9 +51,7 @@ pub struct Credential {
 
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Credential")
-            .field("user", &self.user)
-            .finish_non_exhaustive()
+        f.debug_struct("Credential").field("user", &self.user).finish_non_exhaustive()
     }
 }
 

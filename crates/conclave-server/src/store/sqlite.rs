@@ -10,9 +10,7 @@ use conclave_proto::{validate_username, Username};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
 
-use super::{
-    Credential, DeviceAccount, DeviceKey, DeviceNo, NewAccount, Store, StoreError, UserId,
-};
+use super::{Credential, DeviceAccount, DeviceKey, DeviceNo, NewAccount, Store, StoreError, UserId};
 
 /// Each entry upgrades the schema by one version. Append only.
 const MIGRATIONS: &[&str] = &[
@@ -50,16 +48,11 @@ impl SqliteStore {
         crate::fs::create_private_file(path)
             .map_err(|e| StoreError::Database(format!("cannot create {}: {e}", path.display())))?;
         let conn = Connection::open(path).map_err(db)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db)?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(db)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
+        conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(db)?;
-        let store = Self {
-            conn: Mutex::new(conn),
-        };
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db)?;
+        let store = Self { conn: Mutex::new(conn) };
         store.migrate()?;
         Ok(store)
     }
@@ -67,19 +60,13 @@ impl SqliteStore {
     fn lock(&self) -> MutexGuard<'_, Connection> {
         // A panic while holding the lock leaves no half-done transaction
         // (rusqlite rolls back on drop), so a poisoned lock is still usable.
-        self.conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
         let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
-        let version: usize = tx
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(db)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
+        let version: usize = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db)?;
         if version > MIGRATIONS.len() {
             return Err(StoreError::Database(format!(
                 "the database has schema version {version}, newer than this build knows ({}); \
@@ -134,20 +121,13 @@ fn to_account(
 ) -> Result<DeviceAccount, StoreError> {
     let username = validate_username(&name)
         .map_err(|e| StoreError::Database(format!("stored username {name:?} is invalid: {e}")))?;
-    Ok(DeviceAccount {
-        user: UserId(user),
-        username,
-        display_name: display,
-        device: DeviceNo(device),
-    })
+    Ok(DeviceAccount { user: UserId(user), username, display_name: display, device: DeviceNo(device) })
 }
 
 impl Store for SqliteStore {
     fn create_account(&self, a: NewAccount<'_>) -> Result<DeviceAccount, StoreError> {
         let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
         let t = now();
         if let Some(token) = a.invite_token {
             let used = tx
@@ -163,12 +143,7 @@ impl Store for SqliteStore {
         tx.execute(
             "INSERT INTO users (username, display_name, password_hash, created_at)
              VALUES (?1, ?2, ?3, ?4)",
-            params![
-                a.username.as_str(),
-                a.display_name.as_str(),
-                a.password_hash,
-                t
-            ],
+            params![a.username.as_str(), a.display_name.as_str(), a.password_hash, t],
         )
         .map_err(unique)?;
         let user = tx.last_insert_rowid();
@@ -188,25 +163,16 @@ impl Store for SqliteStore {
 
     fn credential(&self, username: &Username) -> Result<Option<Credential>, StoreError> {
         self.lock()
-            .query_row(
-                "SELECT id, password_hash FROM users WHERE username = ?1",
-                [username.as_str()],
-                |r| {
-                    Ok(Credential {
-                        user: UserId(r.get(0)?),
-                        password_hash: r.get(1)?,
-                    })
-                },
-            )
+            .query_row("SELECT id, password_hash FROM users WHERE username = ?1", [username.as_str()], |r| {
+                Ok(Credential { user: UserId(r.get(0)?), password_hash: r.get(1)? })
+            })
             .optional()
             .map_err(db)
     }
 
     fn add_device(&self, user: UserId, key: &DeviceKey) -> Result<DeviceAccount, StoreError> {
         let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
         let next: u32 = tx
             .query_row(
                 "SELECT COALESCE(MAX(device_no), 0) + 1 FROM devices WHERE user_id = ?1",
@@ -272,10 +238,7 @@ mod tests {
         let path = dir.path().join("server.db");
         store_one(&path);
         let store = SqliteStore::open(&path).unwrap();
-        assert!(store
-            .credential(&validate_username("erin").unwrap())
-            .unwrap()
-            .is_some());
+        assert!(store.credential(&validate_username("erin").unwrap()).unwrap().is_some());
     }
 
     #[cfg(unix)]

@@ -1,0 +1,341 @@
+//! Drives the `conclave` binary as a user would: a real `conclave serve` on
+//! a loopback port with its data in a temp dir, and client commands run in
+//! their own profile directories.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_conclave");
+
+/// A `conclave serve` child process, killed when dropped.
+struct Served {
+    child: Child,
+    addr: String,
+    fingerprint: String,
+}
+
+impl Served {
+    fn start(data: &Path, extra: &[&str]) -> Served {
+        Self::start_on(data, "127.0.0.1:0", extra)
+    }
+
+    fn start_on(data: &Path, listen: &str, extra: &[&str]) -> Served {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", listen, "--data"])
+            .arg(data)
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let listening = lines.next().unwrap().unwrap();
+        let addr = listening.strip_prefix("listening on ").unwrap().to_owned();
+        let fp_line = lines.next().unwrap().unwrap();
+        let fingerprint = fp_line.strip_prefix("fingerprint ").unwrap().to_owned();
+        assert!(fingerprint.starts_with("SHA256:"), "{fp_line}");
+        Served { child, addr, fingerprint }
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `conclave` with `args` in profile `profile`, feeding `stdin`.
+fn run(profile: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .arg("--profile")
+        .arg(profile)
+        .args(args)
+        .env_remove("CONCLAVE_SERVER")
+        .env_remove("CONCLAVE_PROFILE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "expected success, got {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// Asserts failure with exactly one line on stderr, and returns it.
+fn fails(out: &Output) -> String {
+    assert!(!out.status.success(), "expected failure, got success: {}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8(out.stderr.clone()).unwrap();
+    assert_eq!(err.trim_end().lines().count(), 1, "one line on stderr, got: {err}");
+    assert!(err.starts_with("error: "), "{err}");
+    err
+}
+
+fn profile(dir: &tempfile::TempDir, name: &str) -> PathBuf {
+    dir.path().join(name)
+}
+
+#[test]
+fn register_whoami_and_a_second_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Served::start(&dir.path().join("data"), &[]);
+    let alice = profile(&dir, "alice");
+    let fp = s.fingerprint.clone();
+    let out = run(
+        &alice,
+        &[
+            "--server",
+            &s.addr,
+            "--fingerprint",
+            &fp,
+            "register",
+            "alice",
+            "--password-stdin",
+            "--display-name",
+            "Alice",
+        ],
+        "correct horse\n",
+    );
+    assert!(ok(&out).contains("registered alice (Alice), device 1"));
+
+    // The server and pin are remembered: no flags needed now.
+    let out = ok(&run(&alice, &["whoami"], ""));
+    assert_eq!(out.trim(), format!("alice (Alice), device 1, server {} {fp}", s.addr));
+
+    let laptop = profile(&dir, "laptop");
+    let out = run(
+        &laptop,
+        &["--server", &s.addr, "--accept-new-server", "login", "alice", "--password-stdin"],
+        "correct horse\n",
+    );
+    assert!(ok(&out).contains("device 2"));
+    assert!(ok(&run(&laptop, &["whoami"], "")).starts_with("alice (Alice), device 2"));
+
+    // Same error for a wrong password and an unknown user.
+    let wrong = fails(&run(
+        &profile(&dir, "x"),
+        &["--server", &s.addr, "--accept-new-server", "login", "alice", "--password-stdin"],
+        "wrong password\n",
+    ));
+    let unknown = fails(&run(
+        &profile(&dir, "y"),
+        &["--server", &s.addr, "--accept-new-server", "login", "zed", "--password-stdin"],
+        "wrong password\n",
+    ));
+    assert_eq!(wrong, unknown);
+    assert!(wrong.contains("invalid username or password"), "{wrong}");
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&alice), 0o700);
+        assert_eq!(mode(&alice.join("device.key")), 0o600);
+        assert_eq!(mode(&alice.join("profile.json")), 0o600);
+        assert_eq!(mode(&dir.path().join("data/server.db")), 0o600);
+        assert_eq!(mode(&dir.path().join("data/tls/key.pem")), 0o600);
+    }
+    s.stop();
+}
+
+#[test]
+fn first_contact_needs_a_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Served::start(&dir.path().join("data"), &[]);
+    let p = profile(&dir, "p");
+    // No terminal, no flag: refused, with the fingerprint and what to do.
+    let err =
+        fails(&run(&p, &["--server", &s.addr, "register", "pat", "--password-stdin"], "correct horse\n"));
+    assert!(err.contains(&s.fingerprint) && err.contains("--fingerprint"), "{err}");
+    // A wrong expected fingerprint: refused.
+    let other = format!("SHA256:{}", "0".repeat(64));
+    let err = fails(&run(
+        &p,
+        &["--server", &s.addr, "--fingerprint", &other, "register", "pat", "--password-stdin"],
+        "correct horse\n",
+    ));
+    assert!(err.contains("not the"), "{err}");
+    // A malformed one: a clear error.
+    let err = fails(&run(
+        &p,
+        &["--server", &s.addr, "--fingerprint", "abc", "register", "pat", "--password-stdin"],
+        "correct horse\n",
+    ));
+    assert!(err.contains("fingerprint"), "{err}");
+    s.stop();
+}
+
+#[test]
+fn a_changed_certificate_is_refused_even_with_accept_new_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = Served::start(&data, &[]);
+    let p = profile(&dir, "p");
+    ok(&run(
+        &p,
+        &["--server", &s.addr, "--accept-new-server", "register", "quinn", "--password-stdin"],
+        "correct horse\n",
+    ));
+    let old_fp = s.fingerprint.clone();
+    let old_addr = s.addr.clone();
+    s.stop();
+
+    // The operator wipes the certificate; a new one is made on start.
+    std::fs::remove_dir_all(data.join("tls")).unwrap();
+    let s = Served::start_on(&data, &old_addr, &[]);
+    assert_ne!(s.fingerprint, old_fp);
+    let err = fails(&run(&p, &["--server", &old_addr, "--accept-new-server", "whoami"], ""));
+    assert!(err.contains(&old_fp) && err.contains(&s.fingerprint), "{err}");
+    assert!(err.contains("forget-server"), "{err}");
+
+    // Re-pinning deliberately works.
+    ok(&run(&p, &["forget-server", &old_addr], ""));
+    let out = ok(&run(&p, &["--fingerprint", &s.fingerprint, "whoami"], ""));
+    assert!(out.contains(&s.fingerprint));
+    s.stop();
+}
+
+#[test]
+fn accounts_and_the_certificate_persist_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = Served::start(&data, &[]);
+    let p = profile(&dir, "p");
+    ok(&run(
+        &p,
+        &["--server", &s.addr, "--accept-new-server", "register", "rita", "--password-stdin"],
+        "correct horse\n",
+    ));
+    let fp = s.fingerprint.clone();
+    let addr = s.addr.clone();
+    s.stop();
+    let s = Served::start_on(&data, &addr, &[]);
+    assert_eq!(s.fingerprint, fp);
+    let out = ok(&run(&p, &["whoami"], ""));
+    assert!(out.starts_with("rita (rita), device 1"), "{out}");
+    s.stop();
+}
+
+#[test]
+fn invitation_tokens_from_admin_invite() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = Served::start(&data, &["--registration", "token"]);
+    let p = profile(&dir, "p");
+    let err = fails(&run(
+        &p,
+        &["--server", &s.addr, "--accept-new-server", "register", "sam", "--password-stdin"],
+        "correct horse\n",
+    ));
+    assert!(err.contains("--token"), "{err}");
+    let out = Command::new(BIN).args(["admin", "invite", "--data"]).arg(&data).output().unwrap();
+    let token = ok(&out).trim().to_owned();
+    ok(&run(
+        &p,
+        &[
+            "--server",
+            &s.addr,
+            "--accept-new-server",
+            "register",
+            "sam",
+            "--password-stdin",
+            "--token",
+            &token,
+        ],
+        "correct horse\n",
+    ));
+    let err = fails(&run(
+        &profile(&dir, "q"),
+        &[
+            "--server",
+            &s.addr,
+            "--accept-new-server",
+            "register",
+            "tom",
+            "--password-stdin",
+            "--token",
+            &token,
+        ],
+        "correct horse\n",
+    ));
+    assert!(err.contains("invalid or already used"), "{err}");
+    s.stop();
+}
+
+#[test]
+fn cli_misuse_exits_non_zero_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = profile(&dir, "p");
+    let err = fails(&run(&p, &["register", "uma", "--password-stdin"], "correct horse\n"));
+    assert!(err.contains("no server known") && err.contains("--server"), "{err}");
+    let err = fails(&run(
+        &p,
+        &["--server", "not an address", "register", "uma", "--password-stdin"],
+        "correct horse\n",
+    ));
+    assert!(err.contains("bad server address"), "{err}");
+    let err = fails(&run(
+        &p,
+        &["--server", "localhost:99999", "register", "uma", "--password-stdin"],
+        "correct horse\n",
+    ));
+    assert!(err.contains("port"), "{err}");
+    let err = fails(&run(
+        &p,
+        &["--server", "127.0.0.1:1", "register", "Bad Name", "--password-stdin"],
+        "correct horse\n",
+    ));
+    assert!(err.contains("username may contain only"), "{err}");
+    let err = fails(&run(&p, &["--server", "127.0.0.1:1", "register", "uma", "--password-stdin"], "short\n"));
+    assert!(err.contains("at least 8"), "{err}");
+    let err = fails(&run(&p, &["--server", "127.0.0.1:1", "register", "uma"], ""));
+    assert!(err.contains("--password-stdin"), "{err}");
+    let err = fails(&run(
+        &p,
+        &["--server", "127.0.0.1:1", "--accept-new-server", "register", "uma", "--password-stdin"],
+        "correct horse\n",
+    ));
+    assert!(err.contains("cannot connect to 127.0.0.1:1"), "{err}");
+    let err = fails(&run(&p, &["whoami"], ""));
+    assert!(err.contains("conclave register"), "{err}");
+    let out = Command::new(BIN)
+        .args(["admin", "invite", "--data"])
+        .arg(dir.path().join("nothing"))
+        .output()
+        .unwrap();
+    let err = fails(&out);
+    assert!(err.contains("conclave serve --data"), "{err}");
+    let out = Command::new(BIN)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            "/nonexistent.pem",
+            "--tls-key",
+            "/nonexistent.pem",
+            "--data",
+        ])
+        .arg(dir.path().join("d"))
+        .output()
+        .unwrap();
+    let err = fails(&out);
+    assert!(err.contains("/nonexistent.pem"), "{err}");
+}
