@@ -96,7 +96,14 @@ impl TlsConnected {
         wr.write_all(&bytes).await.map_err(closed)?;
         let mut buf = BytesMut::new();
         let nonce = match read_frame(&mut rd, &mut buf).await? {
-            Some(ServerFrame::Hello(h)) => h.auth_nonce,
+            Some(ServerFrame::Hello(h)) if h.protocol_version == PROTOCOL_VERSION => h.auth_nonce,
+            Some(ServerFrame::Hello(h)) => {
+                return Err(ClientError::Protocol(format!(
+                    "protocol version mismatch: this client speaks {PROTOCOL_VERSION}, the server speaks {}; \
+                     use a matching conclave",
+                    h.protocol_version
+                )))
+            }
             Some(ServerFrame::Error { error, .. }) => return Err(ClientError::Server(error)),
             Some(other) => return Err(ClientError::Protocol(format!("expected Hello, got {other:?}"))),
             None => return Err(ClientError::Closed(None)),

@@ -79,8 +79,9 @@ pub fn decode<T: DeserializeOwned>(src: &mut BytesMut, max_len: usize) -> Result
     }
     src.advance(LEN_PREFIX);
     let payload = src.split_to(len);
-    match postcard::from_bytes(&payload) {
-        Ok(msg) => Ok(Some(msg)),
+    match postcard::take_from_bytes(&payload) {
+        Ok((msg, [])) => Ok(Some(msg)),
+        Ok((_, rest)) => Err(DecodeError::Malformed(format!("{} bytes left over after the payload", rest.len()))),
         Err(e) => Err(DecodeError::Malformed(e.to_string())),
     }
 }
@@ -139,6 +140,17 @@ mod tests {
         let mut buf = BytesMut::from(&[0, 0, 0, 3, 0xff, 0xff, 0xff][..]);
         assert!(matches!(decode::<ClientFrame>(&mut buf, 1024), Err(DecodeError::Malformed(_))));
         assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn trailing_bytes_are_malformed() {
+        let whole = encode_to_bytes(&sample()).unwrap();
+        let mut bytes = whole.to_vec();
+        bytes.push(0);
+        let len = (bytes.len() - LEN_PREFIX) as u32;
+        bytes[..4].copy_from_slice(&len.to_be_bytes());
+        let mut buf = BytesMut::from(&bytes[..]);
+        assert!(matches!(decode::<ClientFrame>(&mut buf, 1024), Err(DecodeError::Malformed(_))));
     }
 
     #[test]

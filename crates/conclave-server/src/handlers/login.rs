@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use conclave_proto::{validate_username, ErrorBody, ErrorCode, Login};
+use conclave_proto::{validate_username, ErrorBody, ErrorCode, Login, MAX_PASSWORD_BYTES};
 
 use crate::session::ConnInfo;
 use crate::store::DeviceAccount;
@@ -36,12 +36,15 @@ pub async fn handle(shared: &Shared, info: &ConnInfo, req: Login) -> Result<Devi
         });
     }
 
+    // An overlong password cannot match (registration refuses them); it is
+    // not hashed, so it cannot be used to make logins expensive.
+    let plausible = req.password.expose().len() <= MAX_PASSWORD_BYTES;
     let credential = match validate_username(&req.username) {
-        Ok(name) => {
+        Ok(name) if plausible => {
             let store = shared.store.clone();
             crate::blocking::run(move || store.credential(&name)).await?.map_err(super::store_error)?
         }
-        Err(_) => None,
+        _ => None,
     };
     let user = credential.as_ref().map(|c| c.user);
     let ok = shared.hasher.verify(req.password, credential.map(|c| c.password_hash)).await?;
