@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use bytes::{Bytes, BytesMut};
 use conclave_proto::{
     auth_message, decode, encode_to_bytes, AccountInfo, Authenticate, ClientFrame, ClientHello, ErrorBody,
-    Login, Password, Register, Request, RequestId, Response, ServerFrame, CLIENT_MAX_FRAME_LEN,
+    Event, Login, Password, Register, Request, RequestId, Response, ServerFrame, CLIENT_MAX_FRAME_LEN,
     EXPORTER_LABEL, EXPORTER_LEN, NONCE_LEN, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -111,8 +111,11 @@ impl TlsConnected {
 
         let pending: Pending = Arc::new(Mutex::new(PendingState::default()));
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
+        // Unbounded on our side: the server bounds what it queues for us and
+        // disconnects us if we fall behind, so this cannot grow without limit.
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
         tokio::spawn(write_loop(wr, rx));
-        tokio::spawn(read_loop(rd, buf, pending.clone()));
+        tokio::spawn(read_loop(rd, buf, pending.clone(), events_tx));
         Ok(Connection {
             tx,
             pending,
@@ -120,6 +123,7 @@ impl TlsConnected {
             nonce,
             exporter,
             fingerprint: self.fingerprint,
+            events: Mutex::new(Some(events_rx)),
         })
     }
 }
@@ -145,9 +149,21 @@ pub struct Connection {
     nonce: [u8; NONCE_LEN],
     exporter: [u8; EXPORTER_LEN],
     fingerprint: String,
+    events: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
 }
 
 impl Connection {
+    /// The server's pushed events (after `Subscribe`). The stream ends when
+    /// the connection closes. Can be taken once.
+    pub fn take_events(&self) -> Option<mpsc::UnboundedReceiver<Event>> {
+        self.events.lock().ok().and_then(|mut e| e.take())
+    }
+
+    /// Whether the connection has closed, and the server's last word if any.
+    pub fn closed(&self) -> Option<Option<ErrorBody>> {
+        lock(&self.pending).closed.clone()
+    }
+
     /// `SHA256:<hex>` of the server's certificate.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
@@ -273,7 +289,12 @@ async fn write_loop(mut wr: WriteHalf<TlsStream<TcpStream>>, mut rx: mpsc::Recei
     let _ = wr.shutdown().await;
 }
 
-async fn read_loop(mut rd: ReadHalf<TlsStream<TcpStream>>, mut buf: BytesMut, pending: Pending) {
+async fn read_loop(
+    mut rd: ReadHalf<TlsStream<TcpStream>>,
+    mut buf: BytesMut,
+    pending: Pending,
+    events: mpsc::UnboundedSender<Event>,
+) {
     let mut last_error = None;
     loop {
         match read_frame(&mut rd, &mut buf).await {
@@ -290,6 +311,9 @@ async fn read_loop(mut rd: ReadHalf<TlsStream<TcpStream>>, mut buf: BytesMut, pe
             Ok(Some(ServerFrame::Error { id: None, error })) => {
                 tracing::debug!(%error, "connection-level error from server");
                 last_error = Some(error);
+            }
+            Ok(Some(ServerFrame::Event(event))) => {
+                let _ = events.send(event);
             }
             Ok(Some(ServerFrame::Hello(_))) => {
                 tracing::warn!("unexpected second Hello from server");

@@ -8,15 +8,19 @@
 #![warn(missing_docs)]
 
 mod address;
+mod chat;
 mod connection;
 mod device;
+pub mod engine;
 mod error;
 mod profile;
 mod tls;
 
 pub use address::ServerAddr;
+pub use chat::{Chat, Update, KEY_PACKAGES_LOW, KEY_PACKAGES_TARGET};
 pub use connection::{connect_tls, Connection, TlsConnected};
 pub use device::DeviceKey;
+pub use engine::HistoryRow;
 pub use error::ClientError;
 pub use profile::{AccountRecord, Profile, ProfileState};
 pub use tls::{fingerprint, normalize_fingerprint};

@@ -57,6 +57,22 @@ pub fn encode_to_bytes<T: Serialize>(msg: &T) -> Result<Bytes, EncodeError> {
     Ok(buf.freeze())
 }
 
+/// Encodes a log entry as the server stores it (postcard, no length prefix).
+pub fn encode_entry(entry: &crate::LogEntry) -> Result<Vec<u8>, EncodeError> {
+    Ok(postcard::to_stdvec(entry)?)
+}
+
+/// Decodes a stored log entry.
+pub fn decode_entry(bytes: &[u8]) -> Result<crate::LogEntry, DecodeError> {
+    match postcard::take_from_bytes(bytes) {
+        Ok((entry, [])) => Ok(entry),
+        Ok((_, rest)) => {
+            Err(DecodeError::Malformed(format!("{} bytes left over after the entry", rest.len())))
+        }
+        Err(e) => Err(DecodeError::Malformed(e.to_string())),
+    }
+}
+
 /// Takes one frame off the front of `src` if it is complete.
 ///
 /// Returns `Ok(None)` when more bytes are needed; `src` is then untouched.
@@ -81,7 +97,9 @@ pub fn decode<T: DeserializeOwned>(src: &mut BytesMut, max_len: usize) -> Result
     let payload = src.split_to(len);
     match postcard::take_from_bytes(&payload) {
         Ok((msg, [])) => Ok(Some(msg)),
-        Ok((_, rest)) => Err(DecodeError::Malformed(format!("{} bytes left over after the payload", rest.len()))),
+        Ok((_, rest)) => {
+            Err(DecodeError::Malformed(format!("{} bytes left over after the payload", rest.len())))
+        }
         Err(e) => Err(DecodeError::Malformed(e.to_string())),
     }
 }

@@ -45,6 +45,8 @@ codes! {
     SHUTTING_DOWN = 7, "shutting_down";
     /// Something failed inside the server; the message says what, if it can.
     INTERNAL = 8, "internal";
+    /// The client did not read its events fast enough; reconnect and sync.
+    SLOW_CONSUMER = 9, "slow_consumer";
 
     // Accounts and devices.
     /// Wrong password or unknown user: deliberately indistinguishable.
@@ -71,6 +73,29 @@ codes! {
     INVALID_DISPLAY_NAME = 110, "invalid_display_name";
     /// A field has the wrong shape (for example a key of the wrong length).
     INVALID_REQUEST = 111, "invalid_request";
+
+    // Rooms.
+    /// Not a member of the room (also said of rooms that do not exist, so
+    /// that non-members learn nothing).
+    NOT_A_MEMBER = 200, "not_a_member";
+    /// The member's role does not allow it.
+    PERMISSION_DENIED = 201, "permission_denied";
+    /// The commit was made for an epoch the room has moved past: sync and retry.
+    STALE_EPOCH = 202, "stale_epoch";
+    /// A room with this name exists.
+    ROOM_EXISTS = 203, "room_exists";
+    /// A room name breaks the naming rules.
+    INVALID_ROOM_NAME = 204, "invalid_room_name";
+    /// An MLS message failed the server's checks.
+    INVALID_MLS = 205, "invalid_mls";
+    /// No user has this name.
+    NO_SUCH_USER = 206, "no_such_user";
+    /// The user is already a member.
+    ALREADY_MEMBER = 207, "already_member";
+    /// A message is over the size limit.
+    MESSAGE_TOO_LARGE = 208, "message_too_large";
+    /// A configured limit was reached (rooms per user, members per room, …).
+    LIMIT_REACHED = 209, "limit_reached";
 }
 
 impl std::fmt::Debug for ErrorCode {

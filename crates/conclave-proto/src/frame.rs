@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::rooms::{ClaimedKeyPackage, Event, LogEntry, MemberInfo, Role, RoomSummary, WelcomeItem};
 use crate::{ErrorBody, Password, NONCE_LEN};
 
 /// A request id, chosen by the client and echoed in the server's answer.
@@ -46,6 +47,8 @@ pub enum ServerFrame {
         /// What went wrong.
         error: ErrorBody,
     },
+    /// Something happened that a subscribed session should know.
+    Event(Event),
 }
 
 /// The client's greeting.
@@ -82,6 +85,93 @@ pub enum Request {
     WhoAmI,
     /// Liveness check; answered with [`Response::Pong`].
     Ping,
+    /// Store KeyPackages of this device (MLSMessage bytes), and optionally
+    /// its last-resort one. Answered with `KeyPackageCount`.
+    UploadKeyPackages {
+        /// Single-use KeyPackages.
+        key_packages: Vec<Vec<u8>>,
+        /// A replacement last-resort KeyPackage.
+        last_resort: Option<Vec<u8>>,
+    },
+    /// How many KeyPackages of this device the server holds.
+    KeyPackageCount,
+    /// Create a room whose MLS group the client made (epoch 0, one member).
+    CreateRoom {
+        /// The room's name.
+        name: String,
+        /// The MLS group id.
+        group_id: Vec<u8>,
+        /// The group's GroupInfo (MLSMessage bytes) with the ratchet tree.
+        group_info: Vec<u8>,
+    },
+    /// The rooms you are a member of.
+    ListRooms,
+    /// Claim one KeyPackage of every device of these users, to add them.
+    ClaimKeyPackages {
+        /// The room they are to be added to.
+        room: String,
+        /// Usernames.
+        users: Vec<String>,
+    },
+    /// Submit an MLS commit (PublicMessage) for the room's current epoch: an
+    /// add, a remove, an update, or a device joining by external commit.
+    Commit {
+        /// The room.
+        room: String,
+        /// MLSMessage(PublicMessage) bytes.
+        commit: Vec<u8>,
+        /// MLSMessage(Welcome) bytes, when the commit adds devices.
+        welcome: Option<Vec<u8>>,
+        /// GroupInfo of the new epoch, with the ratchet tree.
+        group_info: Vec<u8>,
+    },
+    /// The room's latest GroupInfo, to join it by external commit.
+    GetGroupInfo {
+        /// The room.
+        room: String,
+    },
+    /// Send an application message (MLS PrivateMessage).
+    Send {
+        /// The room.
+        room: String,
+        /// A random id; a retry with the same id is stored once.
+        client_msg_id: u64,
+        /// MLSMessage(PrivateMessage) bytes.
+        ciphertext: Vec<u8>,
+    },
+    /// The room's log after `after_seq`, oldest first, at most `limit` entries.
+    Sync {
+        /// The room.
+        room: String,
+        /// The last sequence number you processed.
+        after_seq: u64,
+        /// At most this many entries (the server may send fewer).
+        limit: u32,
+    },
+    /// The room's members with their roles and presence.
+    Members {
+        /// The room.
+        room: String,
+    },
+    /// Give a member a role (owner only).
+    SetRole {
+        /// The room.
+        room: String,
+        /// The member.
+        user: String,
+        /// `Admin` or `Member`.
+        role: Role,
+    },
+    /// Leave the room.
+    Leave {
+        /// The room.
+        room: String,
+    },
+    /// Welcomes waiting for this device.
+    PendingWelcomes,
+    /// Push live events for every room of yours on this connection, and count
+    /// it as online.
+    Subscribe,
 }
 
 /// Create an account. The device key and signature enrol the first device
@@ -134,6 +224,42 @@ pub enum Response {
     WhoAmI(AccountInfo),
     /// Answers `Ping`.
     Pong,
+    /// How many single-use KeyPackages of this device the server holds.
+    KeyPackageCount {
+        /// The count (the last-resort one not included).
+        available: u32,
+    },
+    /// A room, as just created.
+    Room(RoomSummary),
+    /// Answers `ListRooms` and `Subscribe`.
+    Rooms(Vec<RoomSummary>),
+    /// Answers `ClaimKeyPackages`: one per device of the users named.
+    KeyPackages(Vec<ClaimedKeyPackage>),
+    /// The request was stored in the room's log under this number.
+    Accepted {
+        /// The log entry's sequence number.
+        seq: u64,
+    },
+    /// Answers `GetGroupInfo`.
+    GroupInfo {
+        /// The epoch it describes.
+        epoch: u64,
+        /// MLSMessage(GroupInfo) bytes with the ratchet tree.
+        group_info: Vec<u8>,
+    },
+    /// Answers `Sync`.
+    Log {
+        /// Entries, oldest first.
+        entries: Vec<LogEntry>,
+        /// Whether more entries follow (ask again after the last one).
+        more: bool,
+    },
+    /// Answers `Members`.
+    Members(Vec<MemberInfo>),
+    /// Answers `PendingWelcomes`.
+    Welcomes(Vec<WelcomeItem>),
+    /// Done, nothing to report.
+    Done,
 }
 
 /// An account and the device a connection is authenticated as.

@@ -16,10 +16,13 @@ mod codec;
 mod error;
 mod frame;
 mod names;
+mod rooms;
 mod secret;
 
 pub use auth::{auth_message, AUTH_CONTEXT, EXPORTER_LABEL, EXPORTER_LEN, NONCE_LEN};
-pub use codec::{decode, encode, encode_to_bytes, DecodeError, EncodeError, LEN_PREFIX};
+pub use codec::{
+    decode, decode_entry, encode, encode_entry, encode_to_bytes, DecodeError, EncodeError, LEN_PREFIX,
+};
 pub use error::{ErrorBody, ErrorCode};
 pub use frame::{
     AccountInfo, Authenticate, ClientFrame, ClientHello, Login, Register, Request, RequestId, Response,
@@ -28,6 +31,10 @@ pub use frame::{
 pub use names::{
     validate_display_name, validate_password, validate_username, DisplayName, NameError, Username,
     MAX_DISPLAY_NAME_CHARS, MAX_PASSWORD_BYTES, MAX_USERNAME_LEN, MIN_PASSWORD_CHARS,
+};
+pub use rooms::{
+    validate_room_name, ClaimedKeyPackage, EntryBody, Event, LogEntry, MemberInfo, Role, RoomSummary,
+    WelcomeItem, MAX_MESSAGE_BYTES, MAX_ROOM_NAME_LEN,
 };
 pub use secret::Password;
 

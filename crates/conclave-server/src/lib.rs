@@ -20,7 +20,11 @@ pub mod config;
 mod conn;
 pub mod fs;
 mod handlers;
+mod hub;
+mod log_writer;
+pub mod mls;
 mod password;
+mod rooms;
 mod server;
 mod session;
 pub mod store;
@@ -42,4 +46,7 @@ pub(crate) struct Shared {
     throttle: throttle::Throttle,
     active: AtomicUsize,
     tracker: tokio_util::task::TaskTracker,
+    hub: hub::Hub,
+    rooms: rooms::Rooms,
+    log_writer: log_writer::LogWriter,
 }

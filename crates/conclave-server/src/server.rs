@@ -81,10 +81,16 @@ impl Server {
         let listeners = bind_all(&config.listen)?;
         let hasher =
             password::Hasher::new(config.argon2_threads).map_err(|e| ServerError::Setup(e.message))?;
+        let store: Arc<dyn Store> = Arc::new(store);
+        let log_writer = crate::log_writer::LogWriter::spawn(store.clone())
+            .map_err(|e| ServerError::Setup(format!("cannot start the log writer: {e}")))?;
         let shared = Arc::new(Shared {
             throttle: throttle::Throttle::new(config.free_login_failures),
             config,
-            store: Arc::new(store) as Arc<dyn Store>,
+            store,
+            hub: Default::default(),
+            rooms: Default::default(),
+            log_writer,
             acceptor: tokio_rustls::TlsAcceptor::from(tls_config),
             hasher,
             active: AtomicUsize::new(0),
@@ -114,6 +120,8 @@ impl Server {
             tracker.spawn(accept_loop(listener, shared, limit, shutdown));
         }
         shutdown.cancelled().await;
+        // Sessions see the same token and close; rooms finish what is queued.
+        self.shared.rooms.close_all().await;
         tracker.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
             tracing::warn!("some connections did not close within the shutdown grace period");

@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::conn::{spawn_writer, FrameReader, Outbox, ReadError};
 use crate::handlers;
+use crate::hub::{ConnId, SessionHandle};
+use crate::rooms::RoomCmd;
 use crate::store::DeviceAccount;
 use crate::Shared;
 
@@ -61,6 +63,11 @@ struct Session {
     shared: Arc<Shared>,
     info: ConnInfo,
     outbox: Outbox,
+    conn: ConnId,
+    /// Cancelled by a room whose events this session cannot keep up with.
+    kick: CancellationToken,
+    /// Set once the session asked for live events.
+    subscribed: Option<DeviceAccount>,
 }
 
 /// Serves one accepted TCP connection until it closes.
@@ -88,7 +95,14 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdo
     let (rd, wr) = tokio::io::split(tls);
     let (outbox, writer) = spawn_writer(wr, shared.config.outbound_queue, &shared.tracker);
     let mut reader = FrameReader::new(rd, shared.config.max_frame_len);
-    let mut session = Session { shared: shared.clone(), info: ConnInfo { peer, nonce, exporter }, outbox };
+    let mut session = Session {
+        shared: shared.clone(),
+        info: ConnInfo { peer, nonce, exporter },
+        outbox,
+        conn: shared.hub.next_conn(),
+        kick: CancellationToken::new(),
+        subscribed: None,
+    };
     let mut state = State::AwaitingHello;
 
     loop {
@@ -96,6 +110,14 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdo
         let next = tokio::select! {
             _ = shutdown.cancelled() => {
                 session.close_with(ErrorBody::new(ErrorCode::SHUTTING_DOWN, "server shutting down; reconnect later"));
+                break;
+            }
+            _ = session.kick.cancelled() => {
+                tracing::info!(%peer, "slow consumer disconnected");
+                session.close_with(ErrorBody::new(
+                    ErrorCode::SLOW_CONSUMER,
+                    "this connection fell too far behind; reconnect and sync from the log",
+                ));
                 break;
             }
             next = async {
@@ -142,12 +164,94 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdo
     if let State::Ready(account) = &state {
         tracing::debug!(%peer, user = %account.username, device = account.device.0, "session ended");
     }
+    session.unsubscribe().await;
     drop(session);
     // Let the writer flush what is queued (the error frame, say), bounded.
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
 }
 
 impl Session {
+    /// The requests of an authenticated session.
+    async fn ready(&mut self, a: &DeviceAccount, request: Request) -> Result<Response, ErrorBody> {
+        use handlers::{keys, rooms};
+        let shared = &self.shared;
+        match request {
+            Request::Register(_) | Request::Login(_) | Request::Authenticate(_) => {
+                Err(ErrorBody::new(ErrorCode::UNEXPECTED_FRAME, "this connection is already authenticated"))
+            }
+            Request::WhoAmI => Ok(handlers::whoami::handle(a)),
+            Request::Ping => Ok(Response::Pong),
+            Request::UploadKeyPackages { key_packages, last_resort } => {
+                keys::upload(shared, a, key_packages, last_resort).await
+            }
+            Request::KeyPackageCount => keys::count(shared, a).await,
+            Request::PendingWelcomes => keys::welcomes(shared, a).await,
+            Request::CreateRoom { name, group_id, group_info } => {
+                rooms::create(shared, a, name, group_id, group_info).await
+            }
+            Request::ListRooms => rooms::summaries(shared, a).await.map(Response::Rooms),
+            Request::ClaimKeyPackages { room, users } => rooms::claim(shared, a, &room, users).await,
+            Request::Commit { room, commit, welcome, group_info } => {
+                rooms::commit(shared, a, &room, commit, welcome, group_info).await
+            }
+            Request::GetGroupInfo { room } => rooms::group_info(shared, a, &room).await,
+            Request::Send { room, client_msg_id, ciphertext } => {
+                rooms::send(shared, a, &room, client_msg_id, ciphertext).await
+            }
+            Request::Sync { room, after_seq, limit } => rooms::sync(shared, a, &room, after_seq, limit).await,
+            Request::Members { room } => rooms::members(shared, a, &room).await,
+            Request::SetRole { room, user, role } => rooms::set_role(shared, a, &room, user, role).await,
+            Request::Leave { room } => rooms::leave(shared, a, &room, self.conn).await,
+            Request::Subscribe => self.subscribe(a).await,
+        }
+    }
+
+    /// Starts live delivery for every room of the user; the user is online
+    /// from now until the session ends.
+    async fn subscribe(&mut self, a: &DeviceAccount) -> Result<Response, ErrorBody> {
+        if self.subscribed.is_none() {
+            let handle = SessionHandle {
+                conn: self.conn,
+                user: a.user,
+                device: a.device,
+                outbox: self.outbox.clone(),
+                kick: self.kick.clone(),
+            };
+            let came_online = self.shared.hub.register(handle.clone());
+            self.subscribed = Some(a.clone());
+            for name in self.room_names(a).await? {
+                if let Ok((_, room)) = handlers::rooms::room(&self.shared, &name).await {
+                    room.send(RoomCmd::Subscribe(handle.clone())).await?;
+                    if came_online {
+                        room.send(RoomCmd::Presence { user: a.user, online: true }).await?;
+                    }
+                }
+            }
+        }
+        handlers::rooms::summaries(&self.shared, a).await.map(Response::Rooms)
+    }
+
+    async fn room_names(&self, a: &DeviceAccount) -> Result<Vec<String>, ErrorBody> {
+        let store = self.shared.store.clone();
+        let user = a.user;
+        crate::blocking::run(move || store.rooms_of_user(user)).await?.map_err(handlers::store_error)
+    }
+
+    /// Ends live delivery; the user goes offline with their last session.
+    async fn unsubscribe(&mut self) {
+        let Some(a) = self.subscribed.take() else { return };
+        let went_offline = self.shared.hub.unregister(a.user, self.conn);
+        let Ok(names) = self.room_names(&a).await else { return };
+        for name in names {
+            if let Ok((_, room)) = handlers::rooms::room(&self.shared, &name).await {
+                let _ = room.send(RoomCmd::Unsubscribe(self.conn)).await;
+                if went_offline {
+                    let _ = room.send(RoomCmd::Presence { user: a.user, online: false }).await;
+                }
+            }
+        }
+    }
+
     /// Queues a connection-level error; the caller then closes.
     fn close_with(&self, error: ErrorBody) {
         let _ = self.outbox.send(&ServerFrame::Error { id: None, error });
@@ -225,15 +329,10 @@ impl Session {
                     "not authenticated: send Register, Login or Authenticate first",
                 )),
             ),
-            (State::Ready(a), Request::Register(_) | Request::Login(_) | Request::Authenticate(_)) => (
-                State::Ready(a),
-                Err(ErrorBody::new(ErrorCode::UNEXPECTED_FRAME, "this connection is already authenticated")),
-            ),
-            (State::Ready(a), Request::WhoAmI) => {
-                let info = handlers::whoami::handle(&a);
-                (State::Ready(a), Ok(info))
+            (State::Ready(a), request) => {
+                let result = self.ready(&a, request).await;
+                (State::Ready(a), result)
             }
-            (State::Ready(a), Request::Ping) => (State::Ready(a), Ok(Response::Pong)),
             (State::AwaitingHello, _) => {
                 (State::AwaitingHello, Err(ErrorBody::new(ErrorCode::UNEXPECTED_FRAME, "send Hello first")))
             }

@@ -3,7 +3,7 @@
 use std::io::{BufRead, IsTerminal};
 
 use anyhow::{bail, Context};
-use conclave_client::{AccountRecord, Connection, Profile};
+use conclave_client::{AccountRecord, Chat, Connection, Profile};
 use conclave_proto::{validate_display_name, validate_password, validate_username, AccountInfo, Password};
 
 use crate::cli::{Cli, LoginArgs, RegisterArgs};
@@ -27,6 +27,11 @@ pub async fn register(cli: &Cli, args: &RegisterArgs) -> anyhow::Result<()> {
         .await
         .context("registration failed")?;
     save_account(&mut profile, &addr, &conn, &info)?;
+    // Upload KeyPackages now, so that others can add this user to rooms.
+    let mut chat = Chat::open(profile.dir(), &device, conn, info.clone())?;
+    chat.catch_up()
+        .await
+        .context("registered, but could not upload KeyPackages; run `conclave room list` to retry")?;
     println!("registered {} ({}), device {} on {addr}", info.username, info.display_name, info.device_id);
     Ok(())
 }
@@ -41,6 +46,11 @@ pub async fn login(cli: &Cli, args: &LoginArgs) -> anyhow::Result<()> {
     let (addr, conn) = connect(cli, &profile).await?;
     let info = conn.login(&device, username.as_str(), password).await.context("login failed")?;
     save_account(&mut profile, &addr, &conn, &info)?;
+    // Upload KeyPackages and join the account's rooms by external commit.
+    let mut chat = Chat::open(profile.dir(), &device, conn, info.clone())?;
+    chat.catch_up()
+        .await
+        .context("logged in, but could not join the account's rooms; run `conclave room list` to retry")?;
     println!(
         "logged in as {} ({}): this profile is device {} on {addr}",
         info.username, info.display_name, info.device_id

@@ -42,6 +42,13 @@ pub enum Command {
         /// The server, HOST:PORT; defaults to the profile's server.
         server: Option<String>,
     },
+    /// Rooms: create, add and remove members, leave, list, roles.
+    #[command(subcommand)]
+    Room(RoomCommand),
+    /// Send a message to a room (the text as arguments, or from standard input).
+    Send(SendArgs),
+    /// Print a room's messages, decrypted; with --follow, then live.
+    Tail(TailArgs),
     /// Server administration, run on the server machine.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -116,6 +123,78 @@ pub struct LoginArgs {
     pub password_stdin: bool,
 }
 
+/// `conclave room ...`.
+#[derive(Debug, Subcommand)]
+pub enum RoomCommand {
+    /// Create a room; you become its owner.
+    Create {
+        /// Room name: 1-64 of a-z 0-9 . _ -
+        room: String,
+    },
+    /// Add users (all their devices) to a room (owners and admins).
+    Add {
+        /// The room.
+        room: String,
+        /// Usernames.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Remove users from a room (owners and admins).
+    Remove {
+        /// The room.
+        room: String,
+        /// Usernames.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Leave a room.
+    Leave {
+        /// The room.
+        room: String,
+    },
+    /// List your rooms.
+    List,
+    /// List a room's members, their roles and who is online.
+    Members {
+        /// The room.
+        room: String,
+    },
+    /// Make a member an admin or a plain member (the owner only).
+    Role {
+        /// The room.
+        room: String,
+        /// The member.
+        user: String,
+        /// admin or member.
+        role: String,
+    },
+}
+
+/// `conclave send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// The room.
+    pub room: String,
+    /// The message; read from standard input if absent.
+    pub text: Vec<String>,
+}
+
+/// `conclave tail`.
+#[derive(Debug, Args)]
+pub struct TailArgs {
+    /// The room.
+    pub room: String,
+    /// Only entries after this sequence number.
+    #[arg(long, value_name = "SEQ")]
+    pub since: Option<u64>,
+    /// Keep printing new messages as they arrive.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// One JSON object a line: room, seq, time, kind, sender, text.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `conclave admin ...`.
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
@@ -134,6 +213,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Register(args) => crate::account::register(&cli, args).await,
         Command::Login(args) => crate::account::login(&cli, args).await,
         Command::Whoami => crate::account::whoami(&cli).await,
+        Command::Room(cmd) => crate::rooms::room(&cli, cmd).await,
+        Command::Send(args) => crate::rooms::send(&cli, args).await,
+        Command::Tail(args) => crate::rooms::tail(&cli, args).await,
         Command::ForgetServer { server } => crate::connect::forget(&cli, server.as_deref()),
         Command::Admin(AdminCommand::Invite { data }) => crate::admin::invite(data.clone()),
     }

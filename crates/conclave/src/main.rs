@@ -6,6 +6,7 @@ mod account;
 mod admin;
 mod cli;
 mod connect;
+mod rooms;
 mod serve;
 
 use clap::Parser;

@@ -2,8 +2,10 @@
 //! checking each request's precondition.
 
 pub mod authenticate;
+pub mod keys;
 pub mod login;
 pub mod register;
+pub mod rooms;
 pub mod whoami;
 
 use conclave_proto::{auth_message, AccountInfo, ErrorBody, ErrorCode};

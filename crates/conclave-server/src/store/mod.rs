@@ -7,7 +7,7 @@
 
 pub mod sqlite;
 
-use conclave_proto::{DisplayName, Username};
+use conclave_proto::{DisplayName, Role, Username};
 
 /// A user's row id. Stable for the life of the account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -38,6 +38,15 @@ pub struct DeviceAccount {
     pub display_name: String,
     /// The device.
     pub device: DeviceNo,
+    /// The device's key (also its MLS signature key).
+    pub key: DeviceKey,
+}
+
+impl DeviceAccount {
+    /// The device's MLS credential identity, `username:device`.
+    pub fn identity(&self) -> String {
+        format!("{}:{}", self.username, self.device.0)
+    }
 }
 
 /// An account's login credential.
@@ -70,6 +79,141 @@ pub struct NewAccount<'a> {
     pub invite_token: Option<&'a str>,
 }
 
+/// A room's row id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RoomId(pub i64);
+
+/// A room as stored.
+#[derive(Debug, Clone)]
+pub struct RoomRecord {
+    /// Row id.
+    pub id: RoomId,
+    /// Name.
+    pub name: String,
+    /// MLS group id.
+    pub group_id: Vec<u8>,
+    /// Current MLS epoch.
+    pub epoch: u64,
+    /// GroupInfo of the current epoch (MLSMessage bytes, with the tree).
+    pub group_info: Vec<u8>,
+    /// Sequence number of the newest log entry.
+    pub head_seq: u64,
+}
+
+/// A member of a room.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomMember {
+    /// The user.
+    pub user: UserId,
+    /// Username.
+    pub username: Username,
+    /// Display name.
+    pub display_name: String,
+    /// Role.
+    pub role: Role,
+    /// Sequence number of the entry that made them a member.
+    pub joined_seq: u64,
+}
+
+/// A new room, with its first log entry.
+pub struct NewRoom<'a> {
+    /// Name (validated).
+    pub name: &'a str,
+    /// MLS group id.
+    pub group_id: &'a [u8],
+    /// GroupInfo at epoch 0.
+    pub group_info: &'a [u8],
+    /// The creator, who becomes the owner.
+    pub owner: UserId,
+    /// The encoded `Created` log entry, sequence number 1.
+    pub created_entry: &'a [u8],
+    /// Its time.
+    pub time_ms: u64,
+}
+
+/// One change in a batch written by the log writer. A job (a list of ops)
+/// is applied all or nothing.
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    /// Append an encoded log entry.
+    Append {
+        /// Room.
+        room: RoomId,
+        /// Its sequence number (the room's next).
+        seq: u64,
+        /// Accepted at.
+        time_ms: u64,
+        /// Who sent it, if a device did.
+        sender: Option<(UserId, DeviceNo)>,
+        /// The sender's message id, for deduplication.
+        client_msg_id: Option<u64>,
+        /// The encoded `LogEntry`.
+        entry: Vec<u8>,
+    },
+    /// Record the room's new epoch and its GroupInfo.
+    SetEpoch {
+        /// Room.
+        room: RoomId,
+        /// Epoch.
+        epoch: u64,
+        /// GroupInfo of that epoch.
+        group_info: Vec<u8>,
+    },
+    /// Make a user a member.
+    AddMember {
+        /// Room.
+        room: RoomId,
+        /// User.
+        user: UserId,
+        /// Role.
+        role: Role,
+        /// The entry that added them.
+        joined_seq: u64,
+    },
+    /// End a membership.
+    RemoveMember {
+        /// Room.
+        room: RoomId,
+        /// User.
+        user: UserId,
+    },
+    /// Change a member's role.
+    SetRole {
+        /// Room.
+        room: RoomId,
+        /// User.
+        user: UserId,
+        /// New role.
+        role: Role,
+    },
+    /// Keep a Welcome for a device.
+    Welcome {
+        /// Room.
+        room: RoomId,
+        /// User.
+        user: UserId,
+        /// Device.
+        device: DeviceNo,
+        /// The commit that added it.
+        seq: u64,
+        /// MLSMessage(Welcome) bytes.
+        welcome: Vec<u8>,
+    },
+}
+
+/// A Welcome waiting for a device.
+#[derive(Debug, Clone)]
+pub struct StoredWelcome {
+    /// Room name.
+    pub room: String,
+    /// MLS group id.
+    pub group_id: Vec<u8>,
+    /// The commit that added the device.
+    pub seq: u64,
+    /// MLSMessage(Welcome) bytes.
+    pub welcome: Vec<u8>,
+}
+
 /// Why a storage call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -83,6 +227,9 @@ pub enum StoreError {
     /// The invitation token is unknown or already used.
     #[error("invitation token is invalid or already used")]
     InvalidToken,
+    /// A room with this name (or group id) exists.
+    #[error("a room with this name already exists")]
+    RoomExists,
     /// The database failed; the message says how.
     #[error("database error: {0}")]
     Database(String),
@@ -105,6 +252,68 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records a single-use invitation token.
     fn create_invite(&self, token: &str) -> Result<(), StoreError>;
+
+    /// A user by name, with their display name.
+    fn user_by_name(&self, username: &Username) -> Result<Option<(UserId, String)>, StoreError>;
+
+    /// Every device of a user, with its key.
+    fn devices_of(&self, user: UserId) -> Result<Vec<(DeviceNo, DeviceKey)>, StoreError>;
+
+    /// Stores KeyPackages of a device (the last-resort one replaces any
+    /// older) and returns how many single-use ones it now has.
+    fn store_key_packages(
+        &self,
+        user: UserId,
+        device: DeviceNo,
+        packages: &[Vec<u8>],
+        last_resort: Option<&[u8]>,
+    ) -> Result<u32, StoreError>;
+
+    /// How many single-use KeyPackages a device has.
+    fn key_package_count(&self, user: UserId, device: DeviceNo) -> Result<u32, StoreError>;
+
+    /// Takes one KeyPackage of every device of each user, in one transaction:
+    /// a single-use one (deleted) if any is left, else the last-resort one.
+    /// Devices with neither are left out.
+    fn claim_key_packages(&self, users: &[UserId]) -> Result<Vec<(UserId, DeviceNo, Vec<u8>)>, StoreError>;
+
+    /// Creates a room, its owner's membership and its first log entry.
+    fn create_room(&self, room: NewRoom<'_>) -> Result<RoomId, StoreError>;
+
+    /// A room by name.
+    fn room_by_name(&self, name: &str) -> Result<Option<RoomRecord>, StoreError>;
+
+    /// A room's members.
+    fn room_members(&self, room: RoomId) -> Result<Vec<RoomMember>, StoreError>;
+
+    /// The names of the rooms a user is a member of.
+    fn rooms_of_user(&self, user: UserId) -> Result<Vec<String>, StoreError>;
+
+    /// The newest `limit` message ids of a room, for deduplicating retries:
+    /// `((user, device, client_msg_id), seq)`.
+    fn recent_client_ids(
+        &self,
+        room: RoomId,
+        limit: usize,
+    ) -> Result<Vec<((UserId, DeviceNo, u64), u64)>, StoreError>;
+
+    /// Encoded log entries after `after`, oldest first: at most `limit`
+    /// entries and about `max_bytes` bytes (always at least one). The flag
+    /// says whether more follow.
+    fn read_log(
+        &self,
+        room: RoomId,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Vec<u8>>, bool), StoreError>;
+
+    /// Applies jobs in one durable transaction (group commit); each job is
+    /// all or nothing, and one job's failure does not fail the others.
+    fn write_batch(&self, jobs: &[Vec<WriteOp>]) -> Vec<Result<(), StoreError>>;
+
+    /// Welcomes kept for a device.
+    fn welcomes_for(&self, user: UserId, device: DeviceNo) -> Result<Vec<StoredWelcome>, StoreError>;
 }
 
 #[cfg(test)]

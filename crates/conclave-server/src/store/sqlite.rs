@@ -6,11 +6,14 @@
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use conclave_proto::{validate_username, Username};
+use conclave_proto::{validate_username, Role, Username};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
 
-use super::{Credential, DeviceAccount, DeviceKey, DeviceNo, NewAccount, Store, StoreError, UserId};
+use super::{
+    Credential, DeviceAccount, DeviceKey, DeviceNo, NewAccount, NewRoom, RoomId, RoomMember, RoomRecord,
+    Store, StoreError, StoredWelcome, UserId, WriteOp,
+};
 
 /// Each entry upgrades the schema by one version. Append only.
 const MIGRATIONS: &[&str] = &[
@@ -34,11 +37,90 @@ const MIGRATIONS: &[&str] = &[
          created_at   INTEGER NOT NULL,
          used_at      INTEGER
      );",
+    // 2: rooms, their members and logs, KeyPackages, Welcomes.
+    // Roles are stored as numbers: 0 owner, 1 admin, 2 member (stable, do not renumber).
+    "CREATE TABLE rooms (
+         id         INTEGER PRIMARY KEY,
+         name       TEXT NOT NULL UNIQUE,
+         group_id   BLOB NOT NULL UNIQUE,
+         epoch      INTEGER NOT NULL,
+         group_info BLOB NOT NULL,
+         created_at INTEGER NOT NULL
+     );
+     CREATE TABLE room_members (
+         room_id    INTEGER NOT NULL REFERENCES rooms(id),
+         user_id    INTEGER NOT NULL REFERENCES users(id),
+         role       INTEGER NOT NULL,
+         joined_seq INTEGER NOT NULL,
+         PRIMARY KEY (room_id, user_id)
+     ) WITHOUT ROWID;
+     CREATE INDEX room_members_by_user ON room_members(user_id);
+     CREATE TABLE log (
+         room_id       INTEGER NOT NULL,
+         seq           INTEGER NOT NULL,
+         time_ms       INTEGER NOT NULL,
+         sender_user   INTEGER,
+         sender_device INTEGER,
+         client_msg_id INTEGER,
+         entry         BLOB NOT NULL,
+         PRIMARY KEY (room_id, seq)
+     ) WITHOUT ROWID;
+     CREATE UNIQUE INDEX log_client_msg ON log(room_id, sender_user, sender_device, client_msg_id)
+         WHERE client_msg_id IS NOT NULL;
+     CREATE TABLE key_packages (
+         id          INTEGER PRIMARY KEY,
+         user_id     INTEGER NOT NULL,
+         device_no   INTEGER NOT NULL,
+         last_resort INTEGER NOT NULL,
+         data        BLOB NOT NULL
+     );
+     CREATE INDEX key_packages_by_device ON key_packages(user_id, device_no, last_resort);
+     CREATE TABLE welcomes (
+         user_id   INTEGER NOT NULL,
+         device_no INTEGER NOT NULL,
+         room_id   INTEGER NOT NULL,
+         seq       INTEGER NOT NULL,
+         data      BLOB NOT NULL,
+         PRIMARY KEY (user_id, device_no, room_id, seq)
+     ) WITHOUT ROWID;",
 ];
 
-/// The SQLite store.
+fn role_to_int(role: Role) -> i64 {
+    match role {
+        Role::Owner => 0,
+        Role::Admin => 1,
+        Role::Member => 2,
+    }
+}
+
+fn role_from_int(n: i64) -> Result<Role, StoreError> {
+    match n {
+        0 => Ok(Role::Owner),
+        1 => Ok(Role::Admin),
+        2 => Ok(Role::Member),
+        other => Err(StoreError::Database(format!("unknown stored role {other}"))),
+    }
+}
+
+/// SQLite stores integers signed; sequence numbers and ids stay far below 2^63.
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The SQLite store. One connection serves requests; a second, used only
+/// by the log writer's batches, keeps group commits off the request path.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    log_conn: Mutex<Connection>,
+}
+
+fn open_conn(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path).map_err(db)?;
+    conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
+    conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
+    conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(db)?;
+    Ok(conn)
 }
 
 impl SqliteStore {
@@ -47,12 +129,8 @@ impl SqliteStore {
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         crate::fs::create_private_file(path)
             .map_err(|e| StoreError::Database(format!("cannot create {}: {e}", path.display())))?;
-        let conn = Connection::open(path).map_err(db)?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(db)?;
-        let store = Self { conn: Mutex::new(conn) };
+        let conn = open_conn(path)?;
+        let store = Self { conn: Mutex::new(conn), log_conn: Mutex::new(open_conn(path)?) };
         store.migrate()?;
         Ok(store)
     }
@@ -86,6 +164,80 @@ fn db(e: rusqlite::Error) -> StoreError {
     StoreError::Database(e.to_string())
 }
 
+fn db_ref(e: &rusqlite::Error) -> StoreError {
+    StoreError::Database(e.to_string())
+}
+
+fn count_packages(conn: &Connection, user: UserId, device: DeviceNo) -> Result<u32, StoreError> {
+    conn.query_row(
+        "SELECT COUNT(*) FROM key_packages WHERE user_id = ?1 AND device_no = ?2 AND last_resort = 0",
+        params![user.0, device.0],
+        |r| r.get(0),
+    )
+    .map_err(db)
+}
+
+fn apply_op(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> Result<(), StoreError> {
+    match op {
+        WriteOp::Append { room, seq, time_ms, sender, client_msg_id, entry } => {
+            tx.prepare_cached(
+                "INSERT INTO log (room_id, seq, time_ms, sender_user, sender_device, client_msg_id, entry)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    room.0,
+                    to_i64(*seq),
+                    to_i64(*time_ms),
+                    sender.map(|(u, _)| u.0),
+                    sender.map(|(_, d)| d.0),
+                    // Bit-cast: ids are opaque 64-bit values, all of them distinct.
+                    client_msg_id.map(|id| id as i64),
+                    entry
+                ])
+            })
+            .map_err(db)?;
+        }
+        WriteOp::SetEpoch { room, epoch, group_info } => {
+            tx.execute(
+                "UPDATE rooms SET epoch = ?2, group_info = ?3 WHERE id = ?1",
+                params![room.0, to_i64(*epoch), group_info],
+            )
+            .map_err(db)?;
+        }
+        WriteOp::AddMember { room, user, role, joined_seq } => {
+            tx.execute(
+                "INSERT INTO room_members (room_id, user_id, role, joined_seq) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (room_id, user_id) DO UPDATE SET role = excluded.role, joined_seq = excluded.joined_seq",
+                params![room.0, user.0, role_to_int(*role), to_i64(*joined_seq)],
+            )
+            .map_err(db)?;
+        }
+        WriteOp::RemoveMember { room, user } => {
+            tx.execute(
+                "DELETE FROM room_members WHERE room_id = ?1 AND user_id = ?2",
+                params![room.0, user.0],
+            )
+            .map_err(db)?;
+        }
+        WriteOp::SetRole { room, user, role } => {
+            tx.execute(
+                "UPDATE room_members SET role = ?3 WHERE room_id = ?1 AND user_id = ?2",
+                params![room.0, user.0, role_to_int(*role)],
+            )
+            .map_err(db)?;
+        }
+        WriteOp::Welcome { room, user, device, seq, welcome } => {
+            tx.execute(
+                "INSERT OR REPLACE INTO welcomes (user_id, device_no, room_id, seq, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![user.0, device.0, room.0, to_i64(*seq), welcome],
+            )
+            .map_err(db)?;
+        }
+    }
+    Ok(())
+}
+
 fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -107,21 +259,32 @@ fn unique(e: rusqlite::Error) -> StoreError {
             if msg.contains("devices.public_key") {
                 return StoreError::DeviceKeyInUse;
             }
+            if msg.contains("rooms.name") || msg.contains("rooms.group_id") {
+                return StoreError::RoomExists;
+            }
         }
     }
     db(e)
 }
 
-fn account_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String, String, u32)> {
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+type AccountRow = (i64, String, String, u32, Vec<u8>);
+
+fn account_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AccountRow> {
+    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
 }
 
-fn to_account(
-    (user, name, display, device): (i64, String, String, u32),
-) -> Result<DeviceAccount, StoreError> {
+fn to_account((user, name, display, device, key): AccountRow) -> Result<DeviceAccount, StoreError> {
     let username = validate_username(&name)
         .map_err(|e| StoreError::Database(format!("stored username {name:?} is invalid: {e}")))?;
-    Ok(DeviceAccount { user: UserId(user), username, display_name: display, device: DeviceNo(device) })
+    let key: [u8; 32] =
+        key.try_into().map_err(|_| StoreError::Database("stored device key is not 32 bytes".into()))?;
+    Ok(DeviceAccount {
+        user: UserId(user),
+        username,
+        display_name: display,
+        device: DeviceNo(device),
+        key: DeviceKey(key),
+    })
 }
 
 impl Store for SqliteStore {
@@ -158,6 +321,7 @@ impl Store for SqliteStore {
             username: a.username.clone(),
             display_name: a.display_name.as_str().to_owned(),
             device: DeviceNo(1),
+            key: *a.device_key,
         })
     }
 
@@ -187,8 +351,8 @@ impl Store for SqliteStore {
         .map_err(unique)?;
         let row = tx
             .query_row(
-                "SELECT u.id, u.username, u.display_name, ?2 FROM users u WHERE u.id = ?1",
-                params![user.0, next],
+                "SELECT u.id, u.username, u.display_name, ?2, ?3 FROM users u WHERE u.id = ?1",
+                params![user.0, next, &key.0[..]],
                 account_row,
             )
             .map_err(db)?;
@@ -200,7 +364,7 @@ impl Store for SqliteStore {
         let row = self
             .lock()
             .query_row(
-                "SELECT u.id, u.username, u.display_name, d.device_no
+                "SELECT u.id, u.username, u.display_name, d.device_no, d.public_key
                  FROM devices d JOIN users u ON u.id = d.user_id WHERE d.public_key = ?1",
                 [&key.0[..]],
                 account_row,
@@ -218,6 +382,290 @@ impl Store for SqliteStore {
             )
             .map_err(db)?;
         Ok(())
+    }
+
+    fn user_by_name(&self, username: &Username) -> Result<Option<(UserId, String)>, StoreError> {
+        self.lock()
+            .query_row("SELECT id, display_name FROM users WHERE username = ?1", [username.as_str()], |r| {
+                Ok((UserId(r.get(0)?), r.get(1)?))
+            })
+            .optional()
+            .map_err(db)
+    }
+
+    fn devices_of(&self, user: UserId) -> Result<Vec<(DeviceNo, DeviceKey)>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT device_no, public_key FROM devices WHERE user_id = ?1 ORDER BY device_no")
+            .map_err(db)?;
+        let rows =
+            stmt.query_map([user.0], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, Vec<u8>>(1)?))).map_err(db)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (no, key) = row.map_err(db)?;
+            let key: [u8; 32] = key
+                .try_into()
+                .map_err(|_| StoreError::Database("stored device key is not 32 bytes".into()))?;
+            out.push((DeviceNo(no), DeviceKey(key)));
+        }
+        Ok(out)
+    }
+
+    fn store_key_packages(
+        &self,
+        user: UserId,
+        device: DeviceNo,
+        packages: &[Vec<u8>],
+        last_resort: Option<&[u8]>,
+    ) -> Result<u32, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO key_packages (user_id, device_no, last_resort, data) VALUES (?1, ?2, ?3, ?4)",
+                )
+                .map_err(db)?;
+            for p in packages {
+                insert.execute(params![user.0, device.0, 0, p]).map_err(db)?;
+            }
+            if let Some(lr) = last_resort {
+                tx.execute(
+                    "DELETE FROM key_packages WHERE user_id = ?1 AND device_no = ?2 AND last_resort = 1",
+                    params![user.0, device.0],
+                )
+                .map_err(db)?;
+                insert.execute(params![user.0, device.0, 1, lr]).map_err(db)?;
+            }
+        }
+        let count = count_packages(&tx, user, device)?;
+        tx.commit().map_err(db)?;
+        Ok(count)
+    }
+
+    fn key_package_count(&self, user: UserId, device: DeviceNo) -> Result<u32, StoreError> {
+        count_packages(&self.lock(), user, device)
+    }
+
+    fn claim_key_packages(&self, users: &[UserId]) -> Result<Vec<(UserId, DeviceNo, Vec<u8>)>, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
+        let mut out = Vec::new();
+        for user in users {
+            let devices: Vec<u32> = {
+                let mut stmt = tx
+                    .prepare_cached("SELECT device_no FROM devices WHERE user_id = ?1 ORDER BY device_no")
+                    .map_err(db)?;
+                let rows = stmt.query_map([user.0], |r| r.get(0)).map_err(db)?;
+                rows.collect::<Result<_, _>>().map_err(db)?
+            };
+            for device in devices {
+                let found: Option<(i64, i64, Vec<u8>)> = tx
+                    .query_row(
+                        "SELECT id, last_resort, data FROM key_packages WHERE user_id = ?1 AND device_no = ?2
+                         ORDER BY last_resort, id LIMIT 1",
+                        params![user.0, device],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()
+                    .map_err(db)?;
+                if let Some((id, last_resort, data)) = found {
+                    if last_resort == 0 {
+                        tx.execute("DELETE FROM key_packages WHERE id = ?1", [id]).map_err(db)?;
+                    }
+                    out.push((*user, DeviceNo(device), data));
+                }
+            }
+        }
+        tx.commit().map_err(db)?;
+        Ok(out)
+    }
+
+    fn create_room(&self, room: NewRoom<'_>) -> Result<RoomId, StoreError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
+        tx.execute(
+            "INSERT INTO rooms (name, group_id, epoch, group_info, created_at) VALUES (?1, ?2, 0, ?3, ?4)",
+            params![room.name, room.group_id, room.group_info, now()],
+        )
+        .map_err(unique)?;
+        let id = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO room_members (room_id, user_id, role, joined_seq) VALUES (?1, ?2, ?3, 1)",
+            params![id, room.owner.0, role_to_int(Role::Owner)],
+        )
+        .map_err(db)?;
+        tx.execute(
+            "INSERT INTO log (room_id, seq, time_ms, sender_user, entry) VALUES (?1, 1, ?2, ?3, ?4)",
+            params![id, to_i64(room.time_ms), room.owner.0, room.created_entry],
+        )
+        .map_err(db)?;
+        tx.commit().map_err(db)?;
+        Ok(RoomId(id))
+    }
+
+    fn room_by_name(&self, name: &str) -> Result<Option<RoomRecord>, StoreError> {
+        self.lock()
+            .query_row(
+                "SELECT r.id, r.name, r.group_id, r.epoch, r.group_info,
+                        (SELECT COALESCE(MAX(seq), 0) FROM log WHERE room_id = r.id)
+                 FROM rooms r WHERE r.name = ?1",
+                [name],
+                |r| {
+                    Ok(RoomRecord {
+                        id: RoomId(r.get(0)?),
+                        name: r.get(1)?,
+                        group_id: r.get(2)?,
+                        epoch: r.get::<_, i64>(3)? as u64,
+                        group_info: r.get(4)?,
+                        head_seq: r.get::<_, i64>(5)? as u64,
+                    })
+                },
+            )
+            .optional()
+            .map_err(db)
+    }
+
+    fn room_members(&self, room: RoomId) -> Result<Vec<RoomMember>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT u.id, u.username, u.display_name, m.role, m.joined_seq
+                 FROM room_members m JOIN users u ON u.id = m.user_id WHERE m.room_id = ?1 ORDER BY u.username",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([room.0], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                ))
+            })
+            .map_err(db)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (user, name, display, role, joined): (i64, String, String, i64, i64) = row.map_err(db)?;
+            let username = validate_username(&name)
+                .map_err(|e| StoreError::Database(format!("stored username {name:?} is invalid: {e}")))?;
+            out.push(RoomMember {
+                user: UserId(user),
+                username,
+                display_name: display,
+                role: role_from_int(role)?,
+                joined_seq: joined as u64,
+            });
+        }
+        Ok(out)
+    }
+
+    fn rooms_of_user(&self, user: UserId) -> Result<Vec<String>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT r.name FROM room_members m JOIN rooms r ON r.id = m.room_id
+                 WHERE m.user_id = ?1 ORDER BY r.name",
+            )
+            .map_err(db)?;
+        let rows = stmt.query_map([user.0], |r| r.get(0)).map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn recent_client_ids(
+        &self,
+        room: RoomId,
+        limit: usize,
+    ) -> Result<Vec<((UserId, DeviceNo, u64), u64)>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT sender_user, sender_device, client_msg_id, seq FROM log
+                 WHERE room_id = ?1 AND client_msg_id IS NOT NULL ORDER BY seq DESC LIMIT ?2",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map(params![room.0, to_i64(limit as u64)], |r| {
+                Ok((
+                    (UserId(r.get(0)?), DeviceNo(r.get(1)?), r.get::<_, i64>(2)? as u64),
+                    r.get::<_, i64>(3)? as u64,
+                ))
+            })
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
+    fn read_log(
+        &self,
+        room: RoomId,
+        after: u64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<Vec<u8>>, bool), StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT entry FROM log WHERE room_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")
+            .map_err(db)?;
+        let mut rows = stmt.query(params![room.0, to_i64(after), to_i64(limit as u64 + 1)]).map_err(db)?;
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        while let Some(row) = rows.next().map_err(db)? {
+            let entry: Vec<u8> = row.get(0).map_err(db)?;
+            if out.len() == limit || (!out.is_empty() && bytes + entry.len() > max_bytes) {
+                return Ok((out, true));
+            }
+            bytes += entry.len();
+            out.push(entry);
+        }
+        Ok((out, false))
+    }
+
+    fn write_batch(&self, jobs: &[Vec<WriteOp>]) -> Vec<Result<(), StoreError>> {
+        let mut conn = self.log_conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => return jobs.iter().map(|_| Err(db_ref(&e))).collect(),
+        };
+        let mut results = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let result = tx.execute_batch("SAVEPOINT job").map_err(db).and_then(|()| {
+                match job.iter().try_for_each(|op| apply_op(&tx, op)) {
+                    Ok(()) => tx.execute_batch("RELEASE job").map_err(db),
+                    Err(e) => {
+                        let _ = tx.execute_batch("ROLLBACK TO job; RELEASE job");
+                        Err(e)
+                    }
+                }
+            });
+            results.push(result);
+        }
+        match tx.commit() {
+            Ok(()) => results,
+            Err(e) => jobs.iter().map(|_| Err(db_ref(&e))).collect(),
+        }
+    }
+
+    fn welcomes_for(&self, user: UserId, device: DeviceNo) -> Result<Vec<StoredWelcome>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT r.name, r.group_id, w.seq, w.data FROM welcomes w JOIN rooms r ON r.id = w.room_id
+                 JOIN room_members m ON m.room_id = w.room_id AND m.user_id = w.user_id
+                 WHERE w.user_id = ?1 AND w.device_no = ?2 ORDER BY w.room_id, w.seq",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map(params![user.0, device.0], |r| {
+                Ok(StoredWelcome {
+                    room: r.get(0)?,
+                    group_id: r.get(1)?,
+                    seq: r.get::<_, i64>(2)? as u64,
+                    welcome: r.get(3)?,
+                })
+            })
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
     }
 }
 

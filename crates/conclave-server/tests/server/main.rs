@@ -26,12 +26,31 @@ struct TestServer {
     _dir: tempfile::TempDir,
 }
 
+mod rooms;
+
 async fn spawn_server(tweak: impl FnOnce(&mut Config)) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
+    spawn_server_with(dir, tweak).await
+}
+
+/// A server whose data lives in `dir/data`, which the caller keeps (to restart on it).
+async fn spawn_server_in(dir: &std::path::Path) -> TestServer {
+    let keep = tempfile::tempdir_in(dir).unwrap();
+    let mut config = Config::new(dir.join("data"));
+    config.listen = vec!["127.0.0.1:0".parse().unwrap()];
+    config.argon2_threads = 2;
+    start(config, keep).await
+}
+
+async fn spawn_server_with(dir: tempfile::TempDir, tweak: impl FnOnce(&mut Config)) -> TestServer {
     let mut config = Config::new(dir.path().join("data"));
     config.listen = vec!["127.0.0.1:0".parse().unwrap()];
     config.argon2_threads = 2;
     tweak(&mut config);
+    start(config, dir).await
+}
+
+async fn start(config: Config, dir: tempfile::TempDir) -> TestServer {
     let server = Server::bind(config).await.unwrap();
     let socket = server.local_addrs()[0];
     let fingerprint = server.fingerprint().to_owned();

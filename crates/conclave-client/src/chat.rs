@@ -1,0 +1,612 @@
+//! Rooms from the client's side: the MLS engine and the server connection
+//! working together.
+//!
+//! [`Chat`] keeps the engine (MLS state and local history in the profile)
+//! in step with the server's room logs: it joins rooms from Welcomes or by
+//! external commit, replays each log in order, commits membership changes
+//! and retries them when another commit won the epoch, and sends messages.
+//! Every operation first catches up, so it acts on the room's current epoch.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use conclave_proto::{
+    validate_room_name, AccountInfo, ClaimedKeyPackage, EntryBody, ErrorCode, Event, LogEntry, MemberInfo,
+    Request, Response, Role, RoomSummary, MAX_MESSAGE_BYTES,
+};
+
+use crate::engine::{Applied, Engine, HistoryRow, Item, Meta};
+use crate::{ClientError, Connection, DeviceKey};
+
+/// Attempts at a commit that keeps losing the race for an epoch.
+const COMMIT_ATTEMPTS: usize = 8;
+
+/// KeyPackages kept on the server; topped up below [`KEY_PACKAGES_LOW`].
+pub const KEY_PACKAGES_TARGET: u32 = 20;
+
+/// Below this many KeyPackages on the server, upload more.
+pub const KEY_PACKAGES_LOW: u32 = 10;
+
+/// Entries asked for per `Sync` request.
+const SYNC_PAGE: u32 = 500;
+
+/// What happened to a room while catching up, for a front end to show.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Update {
+    /// A new history row (a message or a notice).
+    Row(HistoryRow),
+    /// You are no longer a member of this room.
+    Removed {
+        /// The room.
+        room: String,
+    },
+    /// A member came online or went offline.
+    Presence {
+        /// The room.
+        room: String,
+        /// Who.
+        user: String,
+        /// Online now?
+        online: bool,
+    },
+}
+
+/// A connected, authenticated device with its MLS engine.
+pub struct Chat {
+    conn: Connection,
+    engine: Engine,
+    account: AccountInfo,
+    /// Display names by username, per room, as last seen.
+    names: HashMap<String, String>,
+}
+
+fn mls(e: crate::engine::EngineError) -> ClientError {
+    ClientError::Invalid(e.to_string())
+}
+
+fn unexpected(r: Response) -> ClientError {
+    ClientError::Protocol(format!("unexpected answer {r:?}"))
+}
+
+fn room_name(raw: &str) -> Result<String, ClientError> {
+    validate_room_name(raw).map_err(ClientError::Invalid)
+}
+
+impl Chat {
+    /// Opens the engine in `profile_dir` for this device.
+    pub fn open(
+        profile_dir: &Path,
+        device: &DeviceKey,
+        conn: Connection,
+        account: AccountInfo,
+    ) -> Result<Self, ClientError> {
+        let identity = format!("{}:{}", account.username, account.device_id);
+        let engine = Engine::open(&profile_dir.join("mls.db"), &device.seed(), &device.public(), &identity)
+            .map_err(mls)?;
+        Ok(Self { conn, engine, account, names: HashMap::new() })
+    }
+
+    /// The account.
+    pub fn account(&self) -> &AccountInfo {
+        &self.account
+    }
+
+    /// The connection.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// Local history of a room after `after_seq`.
+    pub fn history(&self, room: &str, after_seq: u64, limit: usize) -> Result<Vec<HistoryRow>, ClientError> {
+        self.engine.history(&room_name(room)?, after_seq, limit).map_err(mls)
+    }
+
+    /// Uploads KeyPackages when the server holds few.
+    pub async fn ensure_key_packages(&mut self) -> Result<(), ClientError> {
+        let available = match self.conn.request(Request::KeyPackageCount).await? {
+            Response::KeyPackageCount { available } => available,
+            other => return Err(unexpected(other)),
+        };
+        if available < KEY_PACKAGES_LOW {
+            self.upload_key_packages(KEY_PACKAGES_TARGET - available).await?;
+        }
+        Ok(())
+    }
+
+    async fn upload_key_packages(&mut self, count: u32) -> Result<(), ClientError> {
+        let key_packages = self.engine.new_key_packages(count as usize).map_err(mls)?;
+        let last_resort = Some(self.engine.last_resort_key_package().map_err(mls)?);
+        match self.conn.request(Request::UploadKeyPackages { key_packages, last_resort }).await? {
+            Response::KeyPackageCount { .. } => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Creates a room owned by this user.
+    pub async fn create_room(&mut self, raw: &str) -> Result<RoomSummary, ClientError> {
+        let name = room_name(raw)?;
+        let mut group_id = vec![0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut group_id);
+        if self.engine.has_group(&name) {
+            self.engine.forget_room(&name).map_err(mls)?;
+        }
+        let group_info = self.engine.create_group(&name, &group_id).map_err(mls)?;
+        match self.conn.request(Request::CreateRoom { name: name.clone(), group_id, group_info }).await {
+            Ok(Response::Room(summary)) => {
+                self.engine.set_last_seq(&name, 1).map_err(mls)?;
+                Ok(summary)
+            }
+            Ok(other) => Err(unexpected(other)),
+            Err(e) => {
+                let _ = self.engine.forget_room(&name);
+                Err(e)
+            }
+        }
+    }
+
+    /// The rooms this user is a member of.
+    pub async fn list_rooms(&self) -> Result<Vec<RoomSummary>, ClientError> {
+        match self.conn.request(Request::ListRooms).await? {
+            Response::Rooms(list) => Ok(list),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A room's members, with roles and presence.
+    pub async fn members(&mut self, raw: &str) -> Result<Vec<MemberInfo>, ClientError> {
+        let room = room_name(raw)?;
+        match self.conn.request(Request::Members { room }).await? {
+            Response::Members(list) => {
+                for m in &list {
+                    self.names.insert(m.username.clone(), m.display_name.clone());
+                }
+                Ok(list)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Joins rooms this device has been added to (Welcomes) and rooms its
+    /// user is in but this device is not (by external commit), then catches
+    /// up on every room. Returns what changed.
+    pub async fn catch_up(&mut self) -> Result<Vec<Update>, ClientError> {
+        let mut updates = Vec::new();
+        self.ensure_key_packages().await?;
+        match self.conn.request(Request::PendingWelcomes).await? {
+            Response::Welcomes(list) => {
+                for w in list {
+                    if !self.engine.has_group(&w.room) {
+                        if let Err(e) =
+                            self.engine.join_from_welcome(&w.room, &w.welcome, w.joined_seq.saturating_sub(1))
+                        {
+                            tracing::warn!(room = %w.room, error = %e, "cannot join from Welcome; will join by external commit");
+                        }
+                    }
+                }
+            }
+            other => return Err(unexpected(other)),
+        }
+        let rooms = self.list_rooms().await?;
+        for summary in &rooms {
+            if !self.engine.has_group(&summary.name) {
+                self.join_external(&summary.name).await?;
+            }
+            updates.extend(self.sync_room(&summary.name).await?);
+        }
+        Ok(updates)
+    }
+
+    /// Joins a room by external commit from its latest GroupInfo (a new
+    /// device of a member, or a device that lost its state).
+    async fn join_external(&mut self, room: &str) -> Result<(), ClientError> {
+        for _ in 0..COMMIT_ATTEMPTS {
+            let group_info = match self.conn.request(Request::GetGroupInfo { room: room.to_owned() }).await? {
+                Response::GroupInfo { group_info, .. } => group_info,
+                other => return Err(unexpected(other)),
+            };
+            let out = self.engine.join_external(room, &group_info).map_err(mls)?;
+            let req = Request::Commit {
+                room: room.to_owned(),
+                commit: out.commit,
+                welcome: out.welcome,
+                group_info: out.group_info,
+            };
+            match self.conn.request(req).await {
+                Ok(Response::Accepted { seq }) => {
+                    self.engine.merge_pending(room).map_err(mls)?;
+                    self.engine.set_last_seq(room, seq).map_err(mls)?;
+                    return Ok(());
+                }
+                Ok(other) => return Err(unexpected(other)),
+                Err(e) if e.code() == Some(ErrorCode::STALE_EPOCH) => {
+                    self.engine.discard_pending(room).map_err(mls)?;
+                }
+                Err(e) => {
+                    let _ = self.engine.discard_pending(room);
+                    return Err(e);
+                }
+            }
+        }
+        Err(ClientError::Invalid(format!("could not join #{room}: the room kept changing; try again")))
+    }
+
+    /// Replays a room's log from where this device left off.
+    pub async fn sync_room(&mut self, raw: &str) -> Result<Vec<Update>, ClientError> {
+        let room = room_name(raw)?;
+        if !self.engine.has_group(&room) {
+            return Err(ClientError::Invalid(format!("not a member of #{room}")));
+        }
+        let mut updates = Vec::new();
+        loop {
+            let after_seq = self.engine.last_seq(&room).map_err(mls)?;
+            let req = Request::Sync { room: room.clone(), after_seq, limit: SYNC_PAGE };
+            let (entries, more) = match self.conn.request(req).await {
+                Ok(Response::Log { entries, more }) => (entries, more),
+                Ok(other) => return Err(unexpected(other)),
+                Err(e) if e.code() == Some(ErrorCode::NOT_A_MEMBER) && self.engine.has_group(&room) => {
+                    // Removed while away.
+                    self.engine.forget_room(&room).map_err(mls)?;
+                    updates.push(Update::Removed { room: room.clone() });
+                    return Ok(updates);
+                }
+                Err(e) => return Err(e),
+            };
+            for entry in entries {
+                let gone = self.apply(&room, &entry, &mut updates).await?;
+                if gone {
+                    return Ok(updates);
+                }
+            }
+            if !more {
+                break;
+            }
+        }
+        Ok(updates)
+    }
+
+    /// Applies one entry; true if it ended our membership.
+    async fn apply(
+        &mut self,
+        room: &str,
+        entry: &LogEntry,
+        updates: &mut Vec<Update>,
+    ) -> Result<bool, ClientError> {
+        let me = &self.account;
+        let mine = entry.sender == me.username && entry.sender_device == me.device_id;
+        let display = |names: &HashMap<String, String>, user: &str| {
+            names.get(user).cloned().unwrap_or_else(|| user.to_owned())
+        };
+        let mut meta = Meta {
+            seq: entry.seq,
+            time_ms: entry.time_ms,
+            sender: entry.sender.clone(),
+            sender_display: display(&self.names, &entry.sender),
+            kind: String::new(),
+            text: None,
+            own_client_msg_id: None,
+        };
+        let item = match &entry.body {
+            EntryBody::Created => {
+                meta.kind = "notice".into();
+                meta.text = Some(format!("{} created #{room}", entry.sender));
+                Item::Skip
+            }
+            EntryBody::Commit { commit, added, removed } => {
+                let mut notes = Vec::new();
+                if !added.is_empty() {
+                    notes.push(format!("{} joined #{room}", added.join(", ")));
+                }
+                if !removed.is_empty() {
+                    notes.push(format!("{} removed {}", entry.sender, removed.join(", ")));
+                }
+                meta.kind = if added.is_empty() && removed.is_empty() {
+                    "commit".into()
+                } else if removed.is_empty() {
+                    "join".into()
+                } else {
+                    "remove".into()
+                };
+                meta.text = (!notes.is_empty()).then(|| notes.join("; "));
+                Item::Commit(commit)
+            }
+            EntryBody::Message { client_msg_id, ciphertext } => {
+                meta.kind = "message".into();
+                if mine {
+                    meta.own_client_msg_id = Some(*client_msg_id);
+                    Item::Skip
+                } else {
+                    Item::Message(ciphertext)
+                }
+            }
+            EntryBody::Left { user } => {
+                meta.kind = "leave".into();
+                meta.text = Some(format!("{user} left"));
+                Item::Skip
+            }
+            EntryBody::RoleChanged { user, role } => {
+                meta.kind = "role".into();
+                meta.text = Some(format!("{} made {user} {}", entry.sender, role.as_str()));
+                Item::Skip
+            }
+        };
+        let applied = match self.engine.apply(room, &meta, item) {
+            Ok(applied) => applied,
+            Err(e) if matches!(entry.body, EntryBody::Commit { .. }) => {
+                // Our group state cannot follow this commit: rejoin the
+                // room's current epoch by external commit.
+                tracing::warn!(%room, seq = entry.seq, error = %e, "cannot process a commit; rejoining");
+                self.engine.forget_room(room).map_err(mls)?;
+                self.join_external(room).await?;
+                return Ok(false);
+            }
+            Err(e) => return Err(mls(e)),
+        };
+        if let Applied::Commit { self_removed: true, .. } = applied {
+            self.engine.forget_room(room).map_err(mls)?;
+            updates.push(Update::Removed { room: room.to_owned() });
+            return Ok(true);
+        }
+        if !matches!(applied, Applied::Duplicate) {
+            if let Some(row) = self
+                .engine
+                .history(room, entry.seq - 1, 1)
+                .map_err(mls)?
+                .into_iter()
+                .find(|r| r.seq == entry.seq)
+            {
+                updates.push(Update::Row(row));
+            }
+        }
+        Ok(false)
+    }
+
+    /// Commits the removal of leaves whose users are no longer members (they
+    /// left, or were removed while some device of theirs was still in the
+    /// group), so nothing is encrypted to them.
+    async fn remove_departed(&mut self, room: &str) -> Result<(), ClientError> {
+        let members: Vec<String> = self.members(room).await?.into_iter().map(|m| m.username).collect();
+        let stale: Vec<u32> = self
+            .engine
+            .members(room)
+            .map_err(mls)?
+            .into_iter()
+            .filter(|(_, identity)| {
+                let user = identity.rsplit_once(':').map_or(identity.as_str(), |(u, _)| u);
+                !members.iter().any(|m| m == user)
+            })
+            .map(|(leaf, _)| leaf)
+            .collect();
+        if stale.is_empty() {
+            return Ok(());
+        }
+        self.commit_with(room, |engine, room| engine.remove_leaves(room, &stale)).await.map(drop)
+    }
+
+    /// Makes a commit with `make`, submits it, and retries at the new epoch
+    /// when another commit won the race.
+    async fn commit_with(
+        &mut self,
+        room: &str,
+        mut make: impl FnMut(&mut Engine, &str) -> Result<crate::engine::Outgoing, crate::engine::EngineError>,
+    ) -> Result<u64, ClientError> {
+        for attempt in 0..COMMIT_ATTEMPTS {
+            let out = make(&mut self.engine, room).map_err(mls)?;
+            let req = Request::Commit {
+                room: room.to_owned(),
+                commit: out.commit,
+                welcome: out.welcome,
+                group_info: out.group_info,
+            };
+            match self.conn.request(req).await {
+                Ok(Response::Accepted { seq }) => {
+                    self.engine.merge_pending(room).map_err(mls)?;
+                    return Ok(seq);
+                }
+                Ok(other) => return Err(unexpected(other)),
+                Err(e) if e.code() == Some(ErrorCode::STALE_EPOCH) => {
+                    tracing::debug!(%room, attempt, "commit lost the race; syncing and retrying");
+                    self.engine.discard_pending(room).map_err(mls)?;
+                    self.sync_room(room).await?;
+                }
+                Err(e) => {
+                    let _ = self.engine.discard_pending(room);
+                    return Err(e);
+                }
+            }
+        }
+        Err(ClientError::Invalid(format!("#{room} kept changing; the change was not made, try again")))
+    }
+
+    /// Adds users (every device of each) to a room.
+    pub async fn add(&mut self, raw: &str, users: &[String]) -> Result<u64, ClientError> {
+        let room = room_name(raw)?;
+        self.sync_room(&room).await?;
+        self.remove_departed(&room).await?;
+        let packages: Vec<ClaimedKeyPackage> = match self
+            .conn
+            .request(Request::ClaimKeyPackages { room: room.clone(), users: users.to_vec() })
+            .await?
+        {
+            Response::KeyPackages(list) => list,
+            other => return Err(unexpected(other)),
+        };
+        let kps: Vec<Vec<u8>> = packages.into_iter().map(|p| p.key_package).collect();
+        self.commit_with(&room, |engine, room| engine.add_members(room, &kps)).await
+    }
+
+    /// Removes users (every device of each) from a room.
+    pub async fn remove(&mut self, raw: &str, users: &[String]) -> Result<u64, ClientError> {
+        let room = room_name(raw)?;
+        self.sync_room(&room).await?;
+        let users: Vec<String> = users.iter().map(|u| u.to_ascii_lowercase()).collect();
+        if users.iter().any(|u| *u == self.account.username) {
+            return Err(ClientError::Invalid("to remove yourself, leave the room".into()));
+        }
+        let members = self.members(&room).await?;
+        for u in &users {
+            if !members.iter().any(|m| m.username == *u) {
+                return Err(ClientError::Invalid(format!("{u} is not a member of #{room}")));
+            }
+        }
+        for _ in 0..COMMIT_ATTEMPTS {
+            let leaves: Vec<u32> = self
+                .engine
+                .members(&room)
+                .map_err(mls)?
+                .into_iter()
+                .filter(|(_, identity)| {
+                    let user = identity.rsplit_once(':').map_or(identity.as_str(), |(u, _)| u);
+                    users.iter().any(|u| u == user)
+                })
+                .map(|(leaf, _)| leaf)
+                .collect();
+            if leaves.is_empty() {
+                return Err(ClientError::Invalid("none of them has a device in the room's group".into()));
+            }
+            let out = self.engine.remove_leaves(&room, &leaves).map_err(mls)?;
+            let req = Request::Commit {
+                room: room.clone(),
+                commit: out.commit,
+                welcome: None,
+                group_info: out.group_info,
+            };
+            match self.conn.request(req).await {
+                Ok(Response::Accepted { seq }) => {
+                    self.engine.merge_pending(&room).map_err(mls)?;
+                    return Ok(seq);
+                }
+                Ok(other) => return Err(unexpected(other)),
+                Err(e) if e.code() == Some(ErrorCode::STALE_EPOCH) => {
+                    self.engine.discard_pending(&room).map_err(mls)?;
+                    self.sync_room(&room).await?;
+                }
+                Err(e) => {
+                    let _ = self.engine.discard_pending(&room);
+                    return Err(e);
+                }
+            }
+        }
+        Err(ClientError::Invalid(format!("#{room} kept changing; the change was not made, try again")))
+    }
+
+    /// Leaves a room.
+    pub async fn leave(&mut self, raw: &str) -> Result<u64, ClientError> {
+        let room = room_name(raw)?;
+        let seq = match self.conn.request(Request::Leave { room: room.clone() }).await? {
+            Response::Accepted { seq } => seq,
+            other => return Err(unexpected(other)),
+        };
+        self.engine.forget_room(&room).map_err(mls)?;
+        Ok(seq)
+    }
+
+    /// Gives a member a role (owner only).
+    pub async fn set_role(&mut self, raw: &str, user: &str, role: Role) -> Result<u64, ClientError> {
+        let room = room_name(raw)?;
+        match self.conn.request(Request::SetRole { room, user: user.to_owned(), role }).await? {
+            Response::Accepted { seq } => Ok(seq),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Encrypts and sends a message; returns its sequence number. A message
+    /// that could not be sent stays queued and is sent by [`Chat::resend_pending`].
+    pub async fn send(&mut self, raw: &str, text: &str) -> Result<u64, ClientError> {
+        let room = room_name(raw)?;
+        if text.len() > MAX_MESSAGE_BYTES {
+            return Err(ClientError::Invalid(format!(
+                "message too large: {} bytes, at most {MAX_MESSAGE_BYTES}",
+                text.len()
+            )));
+        }
+        if text.trim().is_empty() {
+            return Err(ClientError::Invalid("the message is empty".into()));
+        }
+        if !self.engine.has_group(&room) {
+            self.catch_up().await?;
+            if !self.engine.has_group(&room) {
+                return Err(ClientError::Invalid(format!("not a member of #{room}")));
+            }
+        }
+        self.sync_room(&room).await?;
+        self.remove_departed(&room).await?;
+        // 63 random bits: ids are stored as SQLite's signed integers.
+        let client_msg_id = rand::Rng::gen::<u64>(&mut rand::rngs::OsRng) >> 1;
+        self.engine.queue_outgoing(&room, client_msg_id, text).map_err(mls)?;
+        let seq = self.deliver(&room, client_msg_id, text).await?;
+        self.sync_room(&room).await?;
+        Ok(seq)
+    }
+
+    async fn deliver(&mut self, room: &str, client_msg_id: u64, text: &str) -> Result<u64, ClientError> {
+        let ciphertext = self.engine.encrypt(room, text.as_bytes()).map_err(mls)?;
+        match self.conn.request(Request::Send { room: room.to_owned(), client_msg_id, ciphertext }).await? {
+            Response::Accepted { seq } => Ok(seq),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends messages queued while offline (or whose ack was lost: the
+    /// server recognises the id and stores each once).
+    pub async fn resend_pending(&mut self) -> Result<(), ClientError> {
+        for room in self.engine.rooms().map_err(mls)? {
+            let pending = self.engine.pending_outgoing(&room).map_err(mls)?;
+            if pending.is_empty() {
+                continue;
+            }
+            self.sync_room(&room).await?;
+            for (id, text) in self.engine.pending_outgoing(&room).map_err(mls)? {
+                self.deliver(&room, id, &text).await?;
+            }
+            self.sync_room(&room).await?;
+        }
+        Ok(())
+    }
+
+    /// Asks for live events; returns the rooms.
+    pub async fn subscribe(&self) -> Result<Vec<RoomSummary>, ClientError> {
+        match self.conn.request(Request::Subscribe).await? {
+            Response::Rooms(list) => Ok(list),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Handles one pushed event, returning what changed.
+    pub async fn handle_event(&mut self, event: Event) -> Result<Vec<Update>, ClientError> {
+        match event {
+            Event::Entry { room, entry } => {
+                if !self.engine.has_group(&room) {
+                    return self.catch_up().await;
+                }
+                let last = self.engine.last_seq(&room).map_err(mls)?;
+                if entry.seq <= last {
+                    return Ok(Vec::new());
+                }
+                if entry.seq == last + 1 {
+                    let mut updates = Vec::new();
+                    self.apply(&room, &entry, &mut updates).await?;
+                    Ok(updates)
+                } else {
+                    // A gap: the log is the truth.
+                    self.sync_room(&room).await
+                }
+            }
+            Event::Welcome(w) => {
+                if !self.engine.has_group(&w.room) {
+                    if let Err(e) =
+                        self.engine.join_from_welcome(&w.room, &w.welcome, w.joined_seq.saturating_sub(1))
+                    {
+                        tracing::warn!(room = %w.room, error = %e, "cannot join from Welcome; joining by external commit");
+                        self.join_external(&w.room).await?;
+                    }
+                }
+                self.sync_room(&w.room).await
+            }
+            Event::Presence { room, user, online } => Ok(vec![Update::Presence { room, user, online }]),
+            Event::KeyPackagesLow { .. } => {
+                self.ensure_key_packages().await?;
+                Ok(Vec::new())
+            }
+        }
+    }
+}

@@ -1,0 +1,266 @@
+//! Applying a room's log, one entry at a time and in order, each in one
+//! transaction with `last_seq` and the history it produces.
+
+use openmls::prelude::tls_codec::DeserializeBytes as _;
+use openmls::prelude::{ContentType, MlsGroup, MlsMessageIn, ProcessedMessageContent, ProtocolMessage};
+
+use super::store::{self, NewRow, PendingKind};
+use super::{identity_string, username_of, Applied, Engine, EngineError, Item, Meta, Tx};
+
+impl Engine {
+    /// Processes one log entry of `room`, in sequence order, atomically with
+    /// `last_seq` and history:
+    ///
+    /// - `meta.seq <= last_seq(room)`: [`Applied::Duplicate`], nothing changes
+    ///   (a ciphertext is never decrypted twice).
+    /// - [`Item::Commit`]: our own pending commit echoed back is merged; a commit
+    ///   of an epoch already passed (our own, merged on the server's ack) is
+    ///   [`Applied::Skipped`]; any other is processed and merged, reporting
+    ///   whether it removed this device (the group is then unusable). A commit
+    ///   that cannot be applied returns [`EngineError::OutOfStep`] (or
+    ///   [`EngineError::Evicted`]) and does not advance `last_seq`: the device
+    ///   must rejoin by external commit. A proposal is skipped (proposals are
+    ///   not stored yet).
+    /// - [`Item::Message`]: decrypted, written to history as "message". A
+    ///   message that cannot be decrypted (from before this device joined,
+    ///   after its removal, damaged) is [`Applied::Undecryptable`] with a history
+    ///   row "undecryptable", and `last_seq` still advances.
+    /// - [`Item::Skip`]: if `meta.own_client_msg_id` names a queued outgoing
+    ///   message, it moves to history; otherwise `meta.text`, if any, is written
+    ///   as a notice of kind `meta.kind`.
+    ///
+    /// Commits also write `meta.text`, if any, as a notice.
+    pub fn apply(&mut self, room: &str, meta: &Meta, item: Item<'_>) -> Result<Applied, EngineError> {
+        self.txn("applying a log entry", |tx| {
+            let row =
+                store::room_row(tx.conn, room)?.ok_or_else(|| EngineError::NoSuchRoom(room.to_owned()))?;
+            if meta.seq <= row.last_seq {
+                return Ok(Applied::Duplicate);
+            }
+            let applied = match item {
+                Item::Skip => apply_skip(tx, room, meta)?,
+                Item::Message(bytes) => apply_message(tx, room, meta, bytes)?,
+                Item::Commit(bytes) => apply_commit(tx, room, meta, bytes)?,
+            };
+            store::set_last_seq(tx.conn, room, meta.seq)?;
+            Ok(applied)
+        })
+    }
+}
+
+fn apply_skip(tx: &mut Tx<'_>, room: &str, meta: &Meta) -> Result<Applied, EngineError> {
+    if own_message_to_history(tx, room, meta)?.is_none() {
+        notice_to_history(tx, room, meta)?;
+    }
+    Ok(Applied::Skipped)
+}
+
+/// Moves our queued message named by `meta.own_client_msg_id` to history.
+fn own_message_to_history(tx: &mut Tx<'_>, room: &str, meta: &Meta) -> Result<Option<String>, EngineError> {
+    let Some(id) = meta.own_client_msg_id else { return Ok(None) };
+    let Some(text) = store::take_outgoing(tx.conn, room, id)? else { return Ok(None) };
+    let username = username_of(tx.identity);
+    let display = if meta.sender_display.is_empty() { username } else { &meta.sender_display };
+    let row = NewRow {
+        seq: meta.seq,
+        time_ms: meta.time_ms,
+        sender: username,
+        sender_display: display,
+        kind: "message",
+        text: &text,
+    };
+    store::put_history(tx.conn, room, &row)?;
+    Ok(Some(text))
+}
+
+/// Writes `meta.text`, if any, as a notice.
+fn notice_to_history(tx: &mut Tx<'_>, room: &str, meta: &Meta) -> Result<(), EngineError> {
+    let Some(text) = &meta.text else { return Ok(()) };
+    let kind = if meta.kind.is_empty() { "notice" } else { &meta.kind };
+    let row = NewRow {
+        seq: meta.seq,
+        time_ms: meta.time_ms,
+        sender: &meta.sender,
+        sender_display: &meta.sender_display,
+        kind,
+        text,
+    };
+    store::put_history(tx.conn, room, &row)
+}
+
+fn apply_message(tx: &mut Tx<'_>, room: &str, meta: &Meta, bytes: &[u8]) -> Result<Applied, EngineError> {
+    let (_, mut group) = tx.take(room)?;
+    match decrypt(tx, room, meta, &mut group, bytes)? {
+        Ok(applied) => {
+            tx.keep(room, group);
+            Ok(applied)
+        }
+        Err(reason) => {
+            // The group is not kept: the next call reloads what is stored.
+            let row = NewRow {
+                seq: meta.seq,
+                time_ms: meta.time_ms,
+                sender: &meta.sender,
+                sender_display: &meta.sender_display,
+                kind: "undecryptable",
+                text: &reason,
+            };
+            store::put_history(tx.conn, room, &row)?;
+            tracing::debug!(room, seq = meta.seq, reason, "undecryptable message");
+            Ok(Applied::Undecryptable(reason))
+        }
+    }
+}
+
+/// Decrypts one message into history. The inner `Err` is why it could not be
+/// decrypted; the outer one a storage failure.
+fn decrypt(
+    tx: &mut Tx<'_>,
+    room: &str,
+    meta: &Meta,
+    group: &mut MlsGroup,
+    bytes: &[u8],
+) -> Result<Result<Applied, String>, EngineError> {
+    if !group.is_active() {
+        return Ok(Err("this device was removed from the room".into()));
+    }
+    let message = match protocol_message(bytes) {
+        Ok(m) => m,
+        Err(e) => return Ok(Err(e)),
+    };
+    if message.content_type() != ContentType::Application {
+        return Ok(Err("not an application message".into()));
+    }
+    if message.group_id() != group.group_id() {
+        return Ok(Err("the message belongs to another group".into()));
+    }
+    // A failed decryption must leave no trace in OpenMLS's state, while the
+    // entry's bookkeeping is still committed: hence a savepoint.
+    tx.conn.execute_batch("SAVEPOINT decrypt").map_err(store::sql("starting to decrypt"))?;
+    let processed = group.process_message(&tx.provider, message);
+    let processed = match processed {
+        Ok(p) => {
+            tx.conn.execute_batch("RELEASE decrypt").map_err(store::sql("finishing a decryption"))?;
+            p
+        }
+        Err(e) => {
+            tx.conn
+                .execute_batch("ROLLBACK TO decrypt; RELEASE decrypt")
+                .map_err(store::sql("undoing a failed decryption"))?;
+            return Ok(Err(e.to_string()));
+        }
+    };
+    let sender_identity = identity_string(processed.credential());
+    match processed.into_content() {
+        ProcessedMessageContent::ApplicationMessage(m) => {
+            let text = String::from_utf8_lossy(&m.into_bytes()).into_owned();
+            let username = username_of(&sender_identity);
+            if !meta.sender.is_empty() && meta.sender != username {
+                tracing::warn!(room, seq = meta.seq, server = %meta.sender, mls = %sender_identity,
+                    "the server attributes a message to another user than its MLS sender");
+            }
+            let display = if meta.sender == username && !meta.sender_display.is_empty() {
+                &meta.sender_display
+            } else {
+                username
+            };
+            let row = NewRow {
+                seq: meta.seq,
+                time_ms: meta.time_ms,
+                sender: username,
+                sender_display: display,
+                kind: "message",
+                text: &text,
+            };
+            store::put_history(tx.conn, room, &row)?;
+            Ok(Ok(Applied::Message { text, sender_identity }))
+        }
+        // Our own message echoed back: MLS cannot decrypt it for its sender.
+        ProcessedMessageContent::OwnPrivateMessage => match own_message_to_history(tx, room, meta)? {
+            Some(text) => Ok(Ok(Applied::Message { text, sender_identity: tx.identity.to_owned() })),
+            None => Ok(Err("sent by this device; its text is not kept".into())),
+        },
+        _ => Ok(Err("not an application message".into())),
+    }
+}
+
+fn apply_commit(tx: &mut Tx<'_>, room: &str, meta: &Meta, bytes: &[u8]) -> Result<Applied, EngineError> {
+    let (_, mut group) = tx.take(room)?;
+    if !group.is_active() {
+        return Err(EngineError::Evicted(room.to_owned()));
+    }
+    let out_of_step =
+        |reason: String| EngineError::OutOfStep { room: room.to_owned(), seq: meta.seq, reason };
+
+    // Our own pending commit, echoed by the server.
+    if let Some((kind, pending)) = store::pending(tx.conn, room)? {
+        if pending == bytes {
+            if kind == PendingKind::Member {
+                group.merge_pending_commit(&tx.provider).map_err(|e| out_of_step(e.to_string()))?;
+            }
+            store::clear_pending(tx.conn, room)?;
+            notice_to_history(tx, room, meta)?;
+            let epoch = group.epoch().as_u64();
+            tx.keep(room, group);
+            return Ok(Applied::Commit { epoch, self_removed: false });
+        }
+    }
+
+    let message = protocol_message(bytes).map_err(out_of_step)?;
+    match message.content_type() {
+        ContentType::Commit => {}
+        ContentType::Proposal => {
+            tracing::warn!(room, seq = meta.seq, "skipping a proposal: proposals are not supported yet");
+            tx.keep(room, group);
+            return Ok(Applied::Skipped);
+        }
+        ContentType::Application => {
+            return Err(EngineError::Invalid(format!(
+                "entry {} of {room} is an application message, not a commit",
+                meta.seq
+            )))
+        }
+    }
+    if message.group_id() != group.group_id() {
+        return Err(out_of_step("the commit belongs to another group".into()));
+    }
+    let (theirs, ours) = (message.epoch().as_u64(), group.epoch().as_u64());
+    if theirs < ours {
+        // Already merged (our own commit, merged on the server's ack).
+        notice_to_history(tx, room, meta)?;
+        tx.keep(room, group);
+        return Ok(Applied::Skipped);
+    }
+    if theirs > ours {
+        return Err(out_of_step(format!("it is for epoch {theirs}, and this device is at epoch {ours}")));
+    }
+    let processed = group.process_message(&tx.provider, message).map_err(|e| out_of_step(e.to_string()))?;
+    let self_removed = match processed.into_content() {
+        ProcessedMessageContent::StagedCommitMessage(staged) => {
+            let self_removed = staged.self_removed();
+            group.merge_staged_commit(&tx.provider, *staged).map_err(|e| out_of_step(e.to_string()))?;
+            self_removed
+        }
+        ProcessedMessageContent::OwnPendingCommit => {
+            group.merge_pending_commit(&tx.provider).map_err(|e| out_of_step(e.to_string()))?;
+            false
+        }
+        _ => return Err(out_of_step("not a commit".into())),
+    };
+    // Merging any commit drops a pending one of ours (OpenMLS does so silently).
+    store::clear_pending(tx.conn, room)?;
+    notice_to_history(tx, room, meta)?;
+    let epoch = group.epoch().as_u64();
+    if self_removed {
+        tracing::info!(room, epoch, "this device was removed from the room");
+    }
+    tx.keep(room, group);
+    Ok(Applied::Commit { epoch, self_removed })
+}
+
+fn protocol_message(bytes: &[u8]) -> Result<ProtocolMessage, String> {
+    MlsMessageIn::tls_deserialize_exact_bytes(bytes)
+        .map_err(|e| format!("not a valid MLS message: {e}"))?
+        .try_into_protocol_message()
+        .map_err(|e| format!("not a handshake or application message: {e}"))
+}

@@ -1,0 +1,721 @@
+//! One room's actor: the single owner of the room's keyless MLS group, its
+//! members, its next sequence number and its live subscribers.
+//!
+//! Every change follows the same steps: check, build the durable writes,
+//! hand them to the log writer and wait until they are on disk, then update
+//! memory, answer, and fan the entry out (encoded once, shared by every
+//! recipient). Consecutive `Send`s are taken as one batch, so a busy room
+//! costs one fsync per batch. A subscriber whose queue is full is
+//! disconnected; it re-syncs from the log.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use conclave_proto::{
+    encode_entry, encode_to_bytes, validate_username, ClaimedKeyPackage, EntryBody, ErrorBody, ErrorCode,
+    Event, LogEntry, MemberInfo, Role, RoomSummary, ServerFrame, WelcomeItem, MAX_MESSAGE_BYTES,
+};
+use tokio::sync::mpsc;
+
+use super::{Reply, RoomCmd};
+use crate::hub::{ConnId, SessionHandle};
+use crate::mls::{CommitSender, MlsCheckError, RoomGroup};
+use crate::store::{DeviceAccount, DeviceKey, DeviceNo, RoomId, RoomMember, UserId, WriteOp};
+use crate::Shared;
+
+/// Sends handled as one batch at most.
+const SEND_BATCH: usize = 512;
+
+/// Message ids remembered per room for deduplicating retries.
+pub const RECENT_IDS: usize = 100_000;
+
+/// Past epochs whose application messages are still accepted: a message in
+/// flight across a commit is not lost (clients keep as many past epochs).
+pub const EPOCH_WINDOW: u64 = 5;
+
+/// Ciphertext allowed for one message: the text limit plus MLS overhead.
+const MAX_CIPHERTEXT: usize = MAX_MESSAGE_BYTES + 4096;
+
+/// KeyPackages below which a device is told to upload more.
+pub const KEY_PACKAGES_LOW: u32 = 5;
+
+pub struct RoomActor {
+    shared: Arc<Shared>,
+    id: RoomId,
+    name: String,
+    group_id: Vec<u8>,
+    group: RoomGroup,
+    group_info: Vec<u8>,
+    members: HashMap<UserId, RoomMember>,
+    next_seq: u64,
+    recent: HashMap<(UserId, DeviceNo, u64), u64>,
+    recent_order: VecDeque<(UserId, DeviceNo, u64)>,
+    subscribers: HashMap<ConnId, SessionHandle>,
+}
+
+fn internal(what: impl std::fmt::Display) -> ErrorBody {
+    tracing::error!(%what, "room failure");
+    ErrorBody::new(ErrorCode::INTERNAL, "internal server error; the server log has details")
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn mls_error(e: MlsCheckError) -> ErrorBody {
+    match e {
+        MlsCheckError::StaleEpoch { current, got } => ErrorBody::new(
+            ErrorCode::STALE_EPOCH,
+            format!("stale epoch: the commit is for epoch {got} but the room is at epoch {current}; sync and retry"),
+        ),
+        other => ErrorBody::new(ErrorCode::INVALID_MLS, format!("the MLS message was refused: {other}")),
+    }
+}
+
+impl RoomActor {
+    /// Loads a room from storage; `None` if it does not exist.
+    pub async fn load(shared: Arc<Shared>, name: String) -> Result<Option<Self>, ErrorBody> {
+        let store = shared.store.clone();
+        let lookup = name.clone();
+        let loaded = crate::blocking::run(move || {
+            let Some(record) = store.room_by_name(&lookup)? else { return Ok(None) };
+            let members = store.room_members(record.id)?;
+            let recent = store.recent_client_ids(record.id, RECENT_IDS)?;
+            Ok(Some((record, members, recent)))
+        })
+        .await?
+        .map_err(|e: crate::store::StoreError| internal(e))?;
+        let Some((record, members, recent)) = loaded else { return Ok(None) };
+        let group = RoomGroup::from_group_info(&record.group_info, &record.group_id)
+            .map_err(|e| internal(format!("room {name}: cannot rebuild its group: {e}")))?;
+        let mut recent_order = VecDeque::with_capacity(recent.len());
+        let mut recent_map = HashMap::with_capacity(recent.len());
+        for (key, seq) in recent.into_iter().rev() {
+            recent_order.push_back(key);
+            recent_map.insert(key, seq);
+        }
+        Ok(Some(Self {
+            shared,
+            id: record.id,
+            name,
+            group_id: record.group_id,
+            group,
+            group_info: record.group_info,
+            members: members.into_iter().map(|m| (m.user, m)).collect(),
+            next_seq: record.head_seq + 1,
+            recent: recent_map,
+            recent_order,
+            subscribers: HashMap::new(),
+        }))
+    }
+
+    /// Serves commands until every handle is gone.
+    pub async fn run(mut self, mut rx: mpsc::Receiver<RoomCmd>) {
+        let mut deferred = None;
+        loop {
+            let cmd = match deferred.take() {
+                Some(cmd) => cmd,
+                None => match rx.recv().await {
+                    Some(cmd) => cmd,
+                    None => break,
+                },
+            };
+            if let RoomCmd::Send { .. } = cmd {
+                let mut batch = vec![cmd];
+                while batch.len() < SEND_BATCH {
+                    match rx.try_recv() {
+                        Ok(more @ RoomCmd::Send { .. }) => batch.push(more),
+                        Ok(other) => {
+                            deferred = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                self.sends(batch).await;
+            } else {
+                self.handle(cmd).await;
+            }
+        }
+        tracing::debug!(room = %self.name, "room actor stopped");
+    }
+
+    fn not_a_member(&self) -> ErrorBody {
+        ErrorBody::new(ErrorCode::NOT_A_MEMBER, format!("not a member of #{}", self.name))
+    }
+
+    fn member(&self, from: &DeviceAccount) -> Result<&RoomMember, ErrorBody> {
+        self.members.get(&from.user).ok_or_else(|| self.not_a_member())
+    }
+
+    fn entry(&self, seq: u64, time_ms: u64, from: &DeviceAccount, body: EntryBody) -> LogEntry {
+        LogEntry { seq, time_ms, sender: from.username.to_string(), sender_device: from.device.0, body }
+    }
+
+    fn encode_entry(&self, entry: LogEntry) -> Result<(Vec<u8>, Bytes), ErrorBody> {
+        let stored = encode_entry(&entry).map_err(internal)?;
+        let frame = encode_to_bytes(&ServerFrame::Event(Event::Entry { room: self.name.clone(), entry }))
+            .map_err(internal)?;
+        Ok((stored, frame))
+    }
+
+    /// Pushes a frame to every subscriber; one that cannot keep up is kicked.
+    fn fan_out(&mut self, frame: &Bytes) {
+        let mut dropped = Vec::new();
+        for (conn, s) in &self.subscribers {
+            if s.outbox.push(frame.clone()).is_err() {
+                tracing::info!(room = %self.name, conn = conn.0, "subscriber too slow or gone; disconnecting it");
+                s.kick.cancel();
+                dropped.push(*conn);
+            }
+        }
+        for conn in dropped {
+            self.subscribers.remove(&conn);
+        }
+    }
+
+    async fn sends(&mut self, batch: Vec<RoomCmd>) {
+        let first_seq = self.next_seq;
+        let time_ms = now_ms();
+        let mut ops = Vec::new();
+        let mut frames = Vec::new();
+        let mut waiting: Vec<(Reply<u64>, u64)> = Vec::new();
+        let mut new_ids = Vec::new();
+        let mut in_batch: HashMap<(UserId, DeviceNo, u64), u64> = HashMap::new();
+        for cmd in batch {
+            let RoomCmd::Send { from, client_msg_id, ciphertext, reply } = cmd else { continue };
+            if self.member(&from).is_err() {
+                let _ = reply.send(Err(self.not_a_member()));
+                continue;
+            }
+            let key = (from.user, from.device, client_msg_id);
+            if let Some(seq) = self.recent.get(&key).or_else(|| in_batch.get(&key)) {
+                // A retry after a lost ack: answer with the original number.
+                if *seq < first_seq {
+                    let _ = reply.send(Ok(*seq));
+                } else {
+                    waiting.push((reply, *seq));
+                }
+                continue;
+            }
+            if ciphertext.len() > MAX_CIPHERTEXT {
+                let _ = reply.send(Err(ErrorBody::new(
+                    ErrorCode::MESSAGE_TOO_LARGE,
+                    format!("message too large: at most {MAX_MESSAGE_BYTES} bytes of text"),
+                )));
+                continue;
+            }
+            if let Err(e) = self.group.check_application(&ciphertext, EPOCH_WINDOW) {
+                let _ = reply.send(Err(mls_error(e)));
+                continue;
+            }
+            let seq = self.next_seq;
+            let entry = self.entry(seq, time_ms, &from, EntryBody::Message { client_msg_id, ciphertext });
+            let (stored, frame) = match self.encode_entry(entry) {
+                Ok(pair) => pair,
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    continue;
+                }
+            };
+            self.next_seq += 1;
+            ops.push(WriteOp::Append {
+                room: self.id,
+                seq,
+                time_ms,
+                sender: Some((from.user, from.device)),
+                client_msg_id: Some(client_msg_id),
+                entry: stored,
+            });
+            frames.push(frame);
+            in_batch.insert(key, seq);
+            new_ids.push((key, seq));
+            waiting.push((reply, seq));
+        }
+        if !ops.is_empty() {
+            if let Err(e) = self.shared.log_writer.write(ops).await {
+                // Nothing of the batch was stored: give the numbers back.
+                self.next_seq = first_seq;
+                for (reply, _) in waiting {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                return;
+            }
+        }
+        for (key, seq) in new_ids {
+            self.remember(key, seq);
+        }
+        for (reply, seq) in waiting {
+            let _ = reply.send(Ok(seq));
+        }
+        for frame in &frames {
+            self.fan_out(frame);
+        }
+    }
+
+    fn remember(&mut self, key: (UserId, DeviceNo, u64), seq: u64) {
+        self.recent.insert(key, seq);
+        self.recent_order.push_back(key);
+        if self.recent_order.len() > RECENT_IDS {
+            if let Some(old) = self.recent_order.pop_front() {
+                self.recent.remove(&old);
+            }
+        }
+    }
+
+    async fn handle(&mut self, cmd: RoomCmd) {
+        match cmd {
+            RoomCmd::Send { .. } => {}
+            RoomCmd::Commit { from, commit, welcome, group_info, reply } => {
+                let result = self.commit(&from, commit, welcome, group_info).await;
+                let _ = reply.send(result);
+            }
+            RoomCmd::Claim { from, users, reply } => {
+                let _ = reply.send(self.claim(&from, users).await);
+            }
+            RoomCmd::Members { from, reply } => {
+                let result = self.member(&from).map(|_| ()).map(|()| {
+                    let mut list: Vec<MemberInfo> = self
+                        .members
+                        .values()
+                        .map(|m| MemberInfo {
+                            username: m.username.to_string(),
+                            display_name: m.display_name.clone(),
+                            role: m.role,
+                            online: self.shared.hub.is_online(m.user),
+                        })
+                        .collect();
+                    list.sort_by(|a, b| a.username.cmp(&b.username));
+                    list
+                });
+                let _ = reply.send(result);
+            }
+            RoomCmd::Summary { from, reply } => {
+                let result = self.member(&from).map(|m| RoomSummary {
+                    name: self.name.clone(),
+                    group_id: self.group_id.clone(),
+                    role: m.role,
+                    members: self.members.len() as u32,
+                    head_seq: self.next_seq - 1,
+                    joined_seq: m.joined_seq,
+                });
+                let _ = reply.send(result);
+            }
+            RoomCmd::ReadAccess { from, reply } => {
+                let _ = reply.send(self.member(&from).map(|m| (self.id, m.joined_seq)));
+            }
+            RoomCmd::GroupInfo { from, reply } => {
+                let result = self.member(&from).map(|_| (self.group.epoch(), self.group_info.clone()));
+                let _ = reply.send(result);
+            }
+            RoomCmd::SetRole { from, user, role, reply } => {
+                let _ = reply.send(self.set_role(&from, &user, role).await);
+            }
+            RoomCmd::Leave { from, reply } => {
+                let _ = reply.send(self.leave(&from).await);
+            }
+            RoomCmd::Subscribe(session) => {
+                if self.members.contains_key(&session.user) {
+                    self.subscribers.insert(session.conn, session);
+                }
+            }
+            RoomCmd::Unsubscribe(conn) => {
+                self.subscribers.remove(&conn);
+            }
+            RoomCmd::Presence { user, online } => {
+                if let Some(m) = self.members.get(&user) {
+                    let event =
+                        Event::Presence { room: self.name.clone(), user: m.username.to_string(), online };
+                    if let Ok(frame) = encode_to_bytes(&ServerFrame::Event(event)) {
+                        self.fan_out(&frame);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Appends one notice entry (and `more` ops with it) durably, then fans it out.
+    async fn notice(
+        &mut self,
+        from: &DeviceAccount,
+        body: EntryBody,
+        more: Vec<WriteOp>,
+    ) -> Result<u64, ErrorBody> {
+        let seq = self.next_seq;
+        let time_ms = now_ms();
+        let (stored, frame) = self.encode_entry(self.entry(seq, time_ms, from, body))?;
+        let mut ops = vec![WriteOp::Append {
+            room: self.id,
+            seq,
+            time_ms,
+            sender: Some((from.user, from.device)),
+            client_msg_id: None,
+            entry: stored,
+        }];
+        ops.extend(more);
+        self.shared.log_writer.write(ops).await?;
+        self.next_seq += 1;
+        self.fan_out(&frame);
+        Ok(seq)
+    }
+
+    async fn set_role(&mut self, from: &DeviceAccount, user: &str, role: Role) -> Result<u64, ErrorBody> {
+        let me = self.member(from)?;
+        if me.role != Role::Owner {
+            return Err(ErrorBody::new(
+                ErrorCode::PERMISSION_DENIED,
+                "permission denied: only the owner can change roles",
+            ));
+        }
+        if role == Role::Owner {
+            return Err(ErrorBody::new(ErrorCode::INVALID_REQUEST, "the role must be admin or member"));
+        }
+        let target = self
+            .members
+            .values()
+            .find(|m| m.username.as_str() == user.to_ascii_lowercase())
+            .map(|m| (m.user, m.role, m.username.to_string()))
+            .ok_or_else(|| {
+                ErrorBody::new(ErrorCode::NOT_A_MEMBER, format!("{user} is not a member of #{}", self.name))
+            })?;
+        if target.1 == Role::Owner {
+            return Err(ErrorBody::new(
+                ErrorCode::PERMISSION_DENIED,
+                "permission denied: the owner's role is fixed",
+            ));
+        }
+        let op = WriteOp::SetRole { room: self.id, user: target.0, role };
+        let seq = self.notice(from, EntryBody::RoleChanged { user: target.2, role }, vec![op]).await?;
+        if let Some(m) = self.members.get_mut(&target.0) {
+            m.role = role;
+        }
+        Ok(seq)
+    }
+
+    async fn leave(&mut self, from: &DeviceAccount) -> Result<u64, ErrorBody> {
+        let me = self.member(from)?.clone();
+        let mut ops = vec![WriteOp::RemoveMember { room: self.id, user: from.user }];
+        // An owner who leaves hands the room on: to an admin, else to the
+        // longest-standing member.
+        let mut heir = None;
+        if me.role == Role::Owner {
+            heir = self
+                .members
+                .values()
+                .filter(|m| m.user != from.user)
+                .min_by_key(|m| (m.role != Role::Admin, m.joined_seq))
+                .map(|m| m.user);
+            if let Some(h) = heir {
+                ops.push(WriteOp::SetRole { room: self.id, user: h, role: Role::Owner });
+            }
+        }
+        let seq = self.notice(from, EntryBody::Left { user: from.username.to_string() }, ops).await?;
+        self.members.remove(&from.user);
+        if let Some(h) = heir.and_then(|h| self.members.get_mut(&h)) {
+            h.role = Role::Owner;
+        }
+        self.subscribers.retain(|_, s| s.user != from.user);
+        Ok(seq)
+    }
+
+    async fn claim(
+        &mut self,
+        from: &DeviceAccount,
+        users: Vec<String>,
+    ) -> Result<Vec<ClaimedKeyPackage>, ErrorBody> {
+        if !self.member(from)?.role.can_manage() {
+            return Err(ErrorBody::new(
+                ErrorCode::PERMISSION_DENIED,
+                "permission denied: only owners and admins can add members",
+            ));
+        }
+        let mut names = Vec::new();
+        for raw in &users {
+            let name = validate_username(raw)
+                .map_err(|e| ErrorBody::new(ErrorCode::INVALID_USERNAME, e.to_string()))?;
+            if self.members.values().any(|m| m.username == name) {
+                return Err(ErrorBody::new(
+                    ErrorCode::ALREADY_MEMBER,
+                    format!("{name} is already a member of #{}", self.name),
+                ));
+            }
+            names.push(name);
+        }
+        let store = self.shared.store.clone();
+        let claimed = crate::blocking::run(move || {
+            let mut ids = Vec::new();
+            for name in &names {
+                match store.user_by_name(name)? {
+                    Some((id, _)) => ids.push((id, name.clone())),
+                    None => return Ok(Err(name.clone())),
+                }
+            }
+            let packages = store.claim_key_packages(&ids.iter().map(|(id, _)| *id).collect::<Vec<_>>())?;
+            let mut counts = Vec::new();
+            for (user, device, _) in &packages {
+                counts.push((*user, *device, store.key_package_count(*user, *device)?));
+            }
+            Ok(Ok((ids, packages, counts)))
+        })
+        .await?
+        .map_err(|e: crate::store::StoreError| internal(e))?;
+        let (ids, packages, counts) = claimed.map_err(|name| {
+            ErrorBody::new(ErrorCode::NO_SUCH_USER, format!("there is no user named {name}"))
+        })?;
+        for (id, name) in &ids {
+            if !packages.iter().any(|(u, _, _)| u == id) {
+                return Err(ErrorBody::new(
+                    ErrorCode::INVALID_REQUEST,
+                    format!("{name} has no device ready to join (no KeyPackages on the server); they must connect once first"),
+                ));
+            }
+        }
+        for (user, device, available) in counts {
+            if available < KEY_PACKAGES_LOW {
+                let event = ServerFrame::Event(Event::KeyPackagesLow { available });
+                if let Ok(frame) = encode_to_bytes(&event) {
+                    for s in self.shared.hub.sessions_of(user).into_iter().filter(|s| s.device == device) {
+                        let _ = s.outbox.push(frame.clone());
+                    }
+                }
+            }
+        }
+        let username =
+            |id: UserId| ids.iter().find(|(u, _)| *u == id).map(|(_, n)| n.to_string()).unwrap_or_default();
+        Ok(packages
+            .into_iter()
+            .map(|(user, device, key_package)| ClaimedKeyPackage {
+                username: username(user),
+                device_id: device.0,
+                key_package,
+            })
+            .collect())
+    }
+
+    /// Parses `user:device` into a username and device number.
+    fn parse_identity(identity: &str) -> Option<(String, u32)> {
+        let (user, device) = identity.rsplit_once(':')?;
+        Some((user.to_owned(), device.parse().ok()?))
+    }
+
+    async fn commit(
+        &mut self,
+        from: &DeviceAccount,
+        commit: Vec<u8>,
+        welcome: Option<Vec<u8>>,
+        group_info: Vec<u8>,
+    ) -> Result<u64, ErrorBody> {
+        let me = self.member(from)?.clone();
+        let checked = self.group.check_commit(&commit).map_err(mls_error)?;
+        let denied =
+            |what: &str| ErrorBody::new(ErrorCode::PERMISSION_DENIED, format!("permission denied: {what}"));
+        let bad = |what: String| ErrorBody::new(ErrorCode::INVALID_MLS, what);
+
+        // The committer must be this very device.
+        let (sender_identity, sender_key, external) = match &checked.sender {
+            CommitSender::Member(leaf) => (leaf.identity.clone(), leaf.signature_key.clone(), false),
+            CommitSender::NewMember { identity, signature_key } => {
+                (identity.clone(), signature_key.clone(), true)
+            }
+        };
+        if sender_identity != from.identity() || sender_key != from.key.0 {
+            return Err(bad(format!(
+                "the commit is signed by {sender_identity}, not by this device ({})",
+                from.identity()
+            )));
+        }
+
+        // Adds: every added leaf must be a real device of a real user.
+        let mut added_devices: Vec<(UserId, DeviceNo, Vec<u8>, String)> = Vec::new();
+        for add in &checked.adds {
+            let key: [u8; 32] = add
+                .signature_key
+                .as_slice()
+                .try_into()
+                .map_err(|_| bad("an added device key is not an Ed25519 key".into()))?;
+            let store = self.shared.store.clone();
+            let device = crate::blocking::run(move || store.device_by_key(&DeviceKey(key)))
+                .await?
+                .map_err(internal)?
+                .ok_or_else(|| bad(format!("{} is not a registered device", add.identity)))?;
+            if device.identity() != add.identity {
+                return Err(bad(format!(
+                    "the added identity {} does not match its device key",
+                    add.identity
+                )));
+            }
+            added_devices.push((
+                device.user,
+                device.device,
+                add.key_package_ref.clone(),
+                device.username.to_string(),
+            ));
+        }
+        let new_users: Vec<(UserId, String)> = {
+            let mut seen = HashSet::new();
+            added_devices
+                .iter()
+                .filter(|(u, ..)| !self.members.contains_key(u) && seen.insert(*u))
+                .map(|(u, _, _, name)| (*u, name.clone()))
+                .collect()
+        };
+        if external && !checked.adds.is_empty() {
+            return Err(bad("an external commit may not add anyone".into()));
+        }
+        if !added_devices.is_empty() && !me.role.can_manage() {
+            return Err(denied("only owners and admins can add members"));
+        }
+
+        // Removes: map leaves to users.
+        let mut removed_users: Vec<(UserId, String)> = Vec::new();
+        for leaf in &checked.removes {
+            let (name, _) = Self::parse_identity(&leaf.identity)
+                .ok_or_else(|| bad(format!("a removed leaf has an unknown identity {}", leaf.identity)))?;
+            let member = self.members.values().find(|m| m.username.as_str() == name);
+            match member {
+                // Leaves of users who already left (or were removed) may be
+                // cleaned up by any member; a user may drop their own devices.
+                None => {}
+                Some(m) if m.user == from.user => {}
+                Some(m) => {
+                    if !me.role.can_manage() {
+                        return Err(denied("only owners and admins can remove members"));
+                    }
+                    if m.role == Role::Owner {
+                        return Err(denied("the owner cannot be removed"));
+                    }
+                    if external {
+                        return Err(bad("an external commit may only remove its own user's devices".into()));
+                    }
+                    if !removed_users.iter().any(|(u, _)| *u == m.user) {
+                        removed_users.push((m.user, m.username.to_string()));
+                    }
+                }
+            }
+        }
+        // A user stays a member while any of their devices stays in the group.
+        let remaining = self.group.members();
+        let removed_leaves: HashSet<u32> = checked.removes.iter().map(|l| l.leaf).collect();
+        removed_users.retain(|(_, name)| {
+            !remaining.iter().any(|l| {
+                !removed_leaves.contains(&l.leaf)
+                    && Self::parse_identity(&l.identity).is_some_and(|(n, _)| n == *name)
+            })
+        });
+
+        // Welcome routing: each added device gets the Welcome naming its KeyPackage.
+        let mut welcomes = Vec::new();
+        if !added_devices.is_empty() {
+            let welcome =
+                welcome.ok_or_else(|| bad("a commit that adds devices needs its Welcome".into()))?;
+            let recipients = crate::mls::welcome_recipients(&welcome).map_err(mls_error)?;
+            for (user, device, kp_ref, _) in &added_devices {
+                if !recipients.contains(kp_ref) {
+                    return Err(bad("the Welcome does not cover every added device".into()));
+                }
+                welcomes.push((*user, *device, welcome.clone()));
+            }
+        }
+
+        // Apply in memory, check the committer's GroupInfo for the new epoch,
+        // and roll back (rebuild from the stored GroupInfo) if anything fails.
+        let old_epoch = self.group.epoch();
+        self.group.apply(checked).map_err(mls_error)?;
+        if let Err(e) = self.group.check_group_info(&group_info) {
+            self.rebuild();
+            return Err(mls_error(e));
+        }
+
+        let seq = self.next_seq;
+        let time_ms = now_ms();
+        let body = EntryBody::Commit {
+            commit,
+            added: new_users.iter().map(|(_, n)| n.clone()).collect(),
+            removed: removed_users.iter().map(|(_, n)| n.clone()).collect(),
+        };
+        let (stored, frame) = match self.encode_entry(self.entry(seq, time_ms, from, body)) {
+            Ok(pair) => pair,
+            Err(e) => {
+                self.rebuild();
+                return Err(e);
+            }
+        };
+        let mut ops = vec![
+            WriteOp::Append {
+                room: self.id,
+                seq,
+                time_ms,
+                sender: Some((from.user, from.device)),
+                client_msg_id: None,
+                entry: stored,
+            },
+            WriteOp::SetEpoch { room: self.id, epoch: self.group.epoch(), group_info: group_info.clone() },
+        ];
+        for (user, _) in &new_users {
+            ops.push(WriteOp::AddMember { room: self.id, user: *user, role: Role::Member, joined_seq: seq });
+        }
+        for (user, _) in &removed_users {
+            ops.push(WriteOp::RemoveMember { room: self.id, user: *user });
+        }
+        for (user, device, welcome) in &welcomes {
+            ops.push(WriteOp::Welcome {
+                room: self.id,
+                user: *user,
+                device: *device,
+                seq,
+                welcome: welcome.clone(),
+            });
+        }
+        if let Err(e) = self.shared.log_writer.write(ops).await {
+            self.rebuild();
+            return Err(e);
+        }
+        tracing::debug!(room = %self.name, seq, from = old_epoch, to = self.group.epoch(), "commit accepted");
+        self.next_seq += 1;
+        self.group_info = group_info;
+
+        // The removed get the commit as their last event, then nothing more.
+        self.fan_out(&frame);
+        for (user, _) in &removed_users {
+            self.members.remove(user);
+            self.subscribers.retain(|_, s| s.user != *user);
+        }
+        // New members: record them, then start delivering to their live sessions.
+        if !new_users.is_empty() {
+            let store = self.shared.store.clone();
+            let id = self.id;
+            let members = crate::blocking::run(move || store.room_members(id)).await?.map_err(internal)?;
+            self.members = members.into_iter().map(|m| (m.user, m)).collect();
+        }
+        for (user, device, welcome) in welcomes {
+            let item = WelcomeItem {
+                room: self.name.clone(),
+                group_id: self.group_id.clone(),
+                joined_seq: seq,
+                welcome,
+            };
+            let frame = encode_to_bytes(&ServerFrame::Event(Event::Welcome(item))).map_err(internal)?;
+            for s in self.shared.hub.sessions_of(user) {
+                if s.device == device {
+                    let _ = s.outbox.push(frame.clone());
+                }
+                if self.members.contains_key(&user) {
+                    self.subscribers.insert(s.conn, s);
+                }
+            }
+        }
+        Ok(seq)
+    }
+
+    /// Rebuilds the keyless group from the stored GroupInfo after a failed commit.
+    fn rebuild(&mut self) {
+        match RoomGroup::from_group_info(&self.group_info, &self.group_id) {
+            Ok(group) => self.group = group,
+            Err(e) => tracing::error!(room = %self.name, error = %e, "cannot rebuild the room's group"),
+        }
+    }
+}

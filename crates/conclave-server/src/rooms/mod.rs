@@ -1,0 +1,174 @@
+//! Rooms: each room is owned by one task (its actor), which orders the
+//! room's log and serialises its commits, so no lock is shared across rooms.
+//!
+//! [`Rooms`] finds a room's actor, starting it on first use from storage.
+//! Sessions talk to actors with [`RoomCmd`]s and await the answers.
+
+mod actor;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use conclave_proto::{ClaimedKeyPackage, ErrorBody, ErrorCode, MemberInfo, Role, RoomSummary};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::hub::{ConnId, SessionHandle};
+use crate::store::{DeviceAccount, RoomId, UserId};
+use crate::Shared;
+
+/// Commands queued for one room before senders wait.
+const ROOM_QUEUE: usize = 4096;
+
+/// Where a command's answer goes.
+pub type Reply<T> = oneshot::Sender<Result<T, ErrorBody>>;
+
+/// What a room actor can be asked.
+pub enum RoomCmd {
+    /// Store and relay an application message.
+    Send {
+        /// The sending device.
+        from: DeviceAccount,
+        /// Its id for the message.
+        client_msg_id: u64,
+        /// The MLS PrivateMessage.
+        ciphertext: Vec<u8>,
+        /// Answered with the sequence number.
+        reply: Reply<u64>,
+    },
+    /// Check, store and relay a commit.
+    Commit {
+        /// The committing device.
+        from: DeviceAccount,
+        /// The MLS commit.
+        commit: Vec<u8>,
+        /// The Welcome for added devices.
+        welcome: Option<Vec<u8>>,
+        /// The new epoch's GroupInfo.
+        group_info: Vec<u8>,
+        /// Answered with the sequence number.
+        reply: Reply<u64>,
+    },
+    /// Claim KeyPackages of users about to be added.
+    Claim {
+        /// The admin asking.
+        from: DeviceAccount,
+        /// Users to add.
+        users: Vec<String>,
+        /// Answered with one package per device.
+        reply: Reply<Vec<ClaimedKeyPackage>>,
+    },
+    /// List members.
+    Members {
+        /// Who asks.
+        from: DeviceAccount,
+        /// Answered with the members.
+        reply: Reply<Vec<MemberInfo>>,
+    },
+    /// The room as `from` sees it.
+    Summary {
+        /// Who asks.
+        from: DeviceAccount,
+        /// Answered with the summary.
+        reply: Reply<RoomSummary>,
+    },
+    /// Check that `from` may read the log; answers the room id and the
+    /// sequence number they joined at.
+    ReadAccess {
+        /// Who asks.
+        from: DeviceAccount,
+        /// Answered with (room, joined_seq).
+        reply: Reply<(RoomId, u64)>,
+    },
+    /// The latest GroupInfo, for an external join.
+    GroupInfo {
+        /// Who asks.
+        from: DeviceAccount,
+        /// Answered with (epoch, GroupInfo).
+        reply: Reply<(u64, Vec<u8>)>,
+    },
+    /// Change a member's role (owner only).
+    SetRole {
+        /// The owner.
+        from: DeviceAccount,
+        /// The member.
+        user: String,
+        /// The new role.
+        role: Role,
+        /// Answered with the sequence number of the notice.
+        reply: Reply<u64>,
+    },
+    /// Leave the room.
+    Leave {
+        /// Who leaves.
+        from: DeviceAccount,
+        /// Answered with the sequence number of the notice.
+        reply: Reply<u64>,
+    },
+    /// Deliver live events to this session (ignored unless its user is a member).
+    Subscribe(SessionHandle),
+    /// Stop delivering to this connection.
+    Unsubscribe(ConnId),
+    /// A member came online or went offline.
+    Presence {
+        /// Who.
+        user: UserId,
+        /// Online now?
+        online: bool,
+    },
+}
+
+/// A handle to a room's actor.
+#[derive(Clone)]
+pub struct RoomHandle {
+    tx: mpsc::Sender<RoomCmd>,
+}
+
+impl RoomHandle {
+    /// Queues a command, waiting if the room is busy.
+    pub async fn send(&self, cmd: RoomCmd) -> Result<(), ErrorBody> {
+        self.tx.send(cmd).await.map_err(|_| gone())
+    }
+
+    /// Sends a command built around a reply channel and awaits the answer.
+    pub async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> RoomCmd) -> Result<T, ErrorBody> {
+        let (tx, rx) = oneshot::channel();
+        self.send(make(tx)).await?;
+        rx.await.map_err(|_| gone())?
+    }
+}
+
+fn gone() -> ErrorBody {
+    ErrorBody::new(ErrorCode::SHUTTING_DOWN, "the room is shutting down; reconnect and retry")
+}
+
+/// The registry of running room actors.
+#[derive(Default)]
+pub struct Rooms {
+    map: tokio::sync::Mutex<HashMap<String, RoomHandle>>,
+}
+
+impl Rooms {
+    /// The actor of room `name`, started from storage if needed; `None` if
+    /// there is no such room.
+    pub async fn get(&self, shared: &Arc<Shared>, name: &str) -> Result<Option<RoomHandle>, ErrorBody> {
+        let mut map = self.map.lock().await;
+        if let Some(h) = map.get(name) {
+            if !h.tx.is_closed() {
+                return Ok(Some(h.clone()));
+            }
+        }
+        let Some(actor) = actor::RoomActor::load(shared.clone(), name.to_owned()).await? else {
+            return Ok(None);
+        };
+        let (tx, rx) = mpsc::channel(ROOM_QUEUE);
+        shared.tracker.spawn(actor.run(rx));
+        let handle = RoomHandle { tx };
+        map.insert(name.to_owned(), handle.clone());
+        Ok(Some(handle))
+    }
+
+    /// Stops every actor (they finish what is queued first).
+    pub async fn close_all(&self) {
+        self.map.lock().await.clear();
+    }
+}

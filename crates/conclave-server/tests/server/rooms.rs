@@ -1,0 +1,422 @@
+//! Rooms end to end: real server, real TLS, real MLS in each client's
+//! SQLite profile, driven through the client library.
+
+use std::path::Path;
+
+use conclave_client::{Chat, ClientError, DeviceKey, Update};
+use conclave_proto::{EntryBody, ErrorCode, Password, Request, Response, Role};
+
+use super::{spawn_server, spawn_server_in, TestServer};
+
+/// A registered user with a profile directory and an open `Chat`.
+struct User {
+    name: String,
+    device: DeviceKey,
+    profile: tempfile::TempDir,
+    chat: Chat,
+}
+
+async fn user(s: &TestServer, name: &str) -> User {
+    let device = DeviceKey::generate();
+    let conn = s.connect().await;
+    let info =
+        conn.register(&device, name, Password::new("correct horse battery"), None, None).await.unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let mut chat = Chat::open(profile.path(), &device, conn, info).unwrap();
+    chat.catch_up().await.unwrap();
+    User { name: name.to_owned(), device, profile, chat }
+}
+
+impl User {
+    /// A fresh connection and engine, as after a restart of the client.
+    async fn reconnect(&mut self, s: &TestServer) {
+        let conn = s.connect().await;
+        let info = conn.authenticate(&self.device).await.unwrap();
+        self.chat = Chat::open(self.profile.path(), &self.device, conn, info).unwrap();
+        self.chat.catch_up().await.unwrap();
+    }
+
+    /// (kind, sender, text) of the room's local history.
+    async fn history(&mut self, room: &str) -> Vec<(String, String, String)> {
+        self.chat.sync_room(room).await.unwrap();
+        self.chat.history(room, 0, 10_000).unwrap().into_iter().map(|r| (r.kind, r.sender, r.text)).collect()
+    }
+
+    async fn messages(&mut self, room: &str) -> Vec<String> {
+        self.history(room)
+            .await
+            .into_iter()
+            .filter(|(k, _, _)| k == "message")
+            .map(|(_, s, t)| format!("{s}: {t}"))
+            .collect()
+    }
+}
+
+fn code(e: &ClientError) -> ErrorCode {
+    e.code().unwrap_or_else(|| panic!("expected a server error, got {e}"))
+}
+
+#[tokio::test]
+async fn three_users_create_add_exchange_and_remove() {
+    let s = spawn_server(|_| {}).await;
+    let mut alice = user(&s, "alice").await;
+    let mut bob = user(&s, "bob").await;
+    let mut carol = user(&s, "carol").await;
+
+    alice.chat.create_room("lab").await.unwrap();
+    alice.chat.add("lab", &["bob".into(), "carol".into()]).await.unwrap();
+    alice.chat.send("lab", "the build is green").await.unwrap();
+    bob.chat.catch_up().await.unwrap();
+    carol.chat.catch_up().await.unwrap();
+    bob.chat.send("#lab", "nice 🎉").await.unwrap();
+
+    for u in [&mut alice, &mut bob, &mut carol] {
+        assert_eq!(u.messages("lab").await, ["alice: the build is green", "bob: nice 🎉"], "{}", u.name);
+    }
+    let notices: Vec<String> =
+        carol.history("lab").await.into_iter().filter(|(k, ..)| k != "message").map(|(_, _, t)| t).collect();
+    assert!(notices.iter().any(|t| t == "bob, carol joined #lab"), "{notices:?}");
+
+    let members = alice.chat.members("lab").await.unwrap();
+    let roles: Vec<(String, Role)> = members.iter().map(|m| (m.username.clone(), m.role)).collect();
+    assert_eq!(
+        roles,
+        [
+            ("alice".to_owned(), Role::Owner),
+            ("bob".to_owned(), Role::Member),
+            ("carol".to_owned(), Role::Member)
+        ]
+    );
+
+    alice.chat.remove("lab", &["bob".into()]).await.unwrap();
+    alice.chat.send("lab", "bob cannot read this").await.unwrap();
+    assert_eq!(carol.messages("lab").await.last().unwrap(), "alice: bob cannot read this");
+    assert!(carol.history("lab").await.iter().any(|(_, _, t)| t == "alice removed bob"));
+
+    // Bob learns of his removal and sees nothing after it.
+    let updates = bob.chat.sync_room("lab").await.unwrap();
+    assert!(updates.contains(&Update::Removed { room: "lab".into() }), "{updates:?}");
+    assert!(!bob.chat.history("lab", 0, 1000).unwrap().iter().any(|r| r.text.contains("cannot read")));
+    let e = bob.chat.send("lab", "still here?").await.unwrap_err();
+    assert!(e.to_string().contains("not a member of #lab"), "{e}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn two_admins_adding_at_once_both_succeed() {
+    let s = spawn_server(|_| {}).await;
+    let mut alice = user(&s, "alice").await;
+    let mut dave = user(&s, "dave").await;
+    let _erin = user(&s, "erin").await;
+    let _frank = user(&s, "frank").await;
+    alice.chat.create_room("ops").await.unwrap();
+    alice.chat.add("ops", &["dave".into()]).await.unwrap();
+    alice.chat.set_role("ops", "dave", Role::Admin).await.unwrap();
+    dave.chat.catch_up().await.unwrap();
+
+    let (erin, frank) = (vec!["erin".to_owned()], vec!["frank".to_owned()]);
+    let (a, d) = tokio::join!(alice.chat.add("ops", &erin), dave.chat.add("ops", &frank));
+    a.unwrap();
+    d.unwrap();
+    let names: Vec<String> =
+        alice.chat.members("ops").await.unwrap().into_iter().map(|m| m.username).collect();
+    assert_eq!(names, ["alice", "dave", "erin", "frank"]);
+    // Everyone is on the same epoch: a message from each reaches the others.
+    alice.chat.send("ops", "from alice").await.unwrap();
+    dave.chat.send("ops", "from dave").await.unwrap();
+    assert_eq!(alice.messages("ops").await, ["alice: from alice", "dave: from dave"]);
+    assert_eq!(dave.messages("ops").await, ["alice: from alice", "dave: from dave"]);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn an_offline_member_catches_up_in_order() {
+    let s = spawn_server(|_| {}).await;
+    let mut alice = user(&s, "alice").await;
+    let mut bob = user(&s, "bob").await;
+    let _carol = user(&s, "carol").await;
+    alice.chat.create_room("lab").await.unwrap();
+    alice.chat.add("lab", &["bob".into()]).await.unwrap();
+    bob.chat.catch_up().await.unwrap();
+
+    // Bob is away while 100 messages and a membership change happen.
+    for i in 0..50 {
+        alice.chat.send("lab", &format!("m{i}")).await.unwrap();
+    }
+    alice.chat.add("lab", &["carol".into()]).await.unwrap();
+    for i in 50..100 {
+        alice.chat.send("lab", &format!("m{i}")).await.unwrap();
+    }
+    bob.reconnect(&s).await;
+    let history = bob.history("lab").await;
+    let texts: Vec<&str> = history.iter().map(|(_, _, t)| t.as_str()).collect();
+    let expected: Vec<String> = (0..50)
+        .map(|i| format!("m{i}"))
+        .chain(["carol joined #lab".to_owned()])
+        .chain((50..100).map(|i| format!("m{i}")))
+        .collect();
+    let tail: Vec<&str> = texts.iter().rev().take(101).rev().copied().collect();
+    assert_eq!(tail, expected);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_restart_loses_nothing_that_was_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn_server_in(dir.path()).await;
+    let mut alice = user(&s, "alice").await;
+    let mut bob = user(&s, "bob").await;
+    alice.chat.create_room("lab").await.unwrap();
+    alice.chat.add("lab", &["bob".into()]).await.unwrap();
+    for i in 0..20 {
+        alice.chat.send("lab", &format!("before restart {i}")).await.unwrap();
+    }
+    s.stop().await;
+
+    let s = spawn_server_in(dir.path()).await;
+    alice.reconnect(&s).await;
+    alice.chat.send("lab", "after restart").await.unwrap();
+    bob.reconnect(&s).await;
+    let got = bob.messages("lab").await;
+    assert_eq!(got.len(), 21);
+    assert_eq!(got[0], "alice: before restart 0");
+    assert_eq!(got[20], "alice: after restart");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_repeated_client_message_id_is_stored_once() {
+    let s = spawn_server(|_| {}).await;
+    let mut alice = user(&s, "alice").await;
+    alice.chat.create_room("lab").await.unwrap();
+    let before = sync_raw(&s, &alice, "lab").await.len();
+    alice.chat.send("lab", "once").await.unwrap();
+    let log = sync_raw(&s, &alice, "lab").await;
+    assert_eq!(log.len(), before + 1);
+    let EntryBody::Message { client_msg_id, ciphertext } = log.last().unwrap().body.clone() else { panic!() };
+    let first = log.last().unwrap().seq;
+    // The same message sent again, on new connections (a retry after a lost ack).
+    for _ in 0..2 {
+        let conn = s.connect().await;
+        conn.authenticate(&alice.device).await.unwrap();
+        let answer = conn
+            .request(Request::Send { room: "lab".into(), client_msg_id, ciphertext: ciphertext.clone() })
+            .await
+            .unwrap();
+        assert_eq!(answer, Response::Accepted { seq: first }, "a retry gets the original number");
+    }
+    assert_eq!(sync_raw(&s, &alice, "lab").await.len(), before + 1, "stored once");
+    assert_eq!(alice.messages("lab").await, ["alice: once"]);
+    s.stop().await;
+}
+
+async fn sync_raw(s: &TestServer, u: &User, room: &str) -> Vec<conclave_proto::LogEntry> {
+    let conn = s.connect().await;
+    conn.authenticate(&u.device).await.unwrap();
+    match conn.request(Request::Sync { room: room.into(), after_seq: 0, limit: 1000 }).await.unwrap() {
+        Response::Log { entries, .. } => entries,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn non_members_and_plain_members_are_refused() {
+    let s = spawn_server(|_| {}).await;
+    let mut alice = user(&s, "alice").await;
+    let mut bob = user(&s, "bob").await;
+    let mut mallory = user(&s, "mallory").await;
+    let _carol = user(&s, "carol").await;
+    alice.chat.create_room("lab").await.unwrap();
+    alice.chat.add("lab", &["bob".into()]).await.unwrap();
+    bob.chat.catch_up().await.unwrap();
+
+    // A non-member: the same answer for everything, and for rooms that do not exist.
+    let conn = mallory.chat.connection();
+    for req in [
+        Request::Sync { room: "lab".into(), after_seq: 0, limit: 10 },
+        Request::Members { room: "lab".into() },
+        Request::GetGroupInfo { room: "lab".into() },
+        Request::ClaimKeyPackages { room: "lab".into(), users: vec!["carol".into()] },
+        Request::Send { room: "lab".into(), client_msg_id: 1, ciphertext: vec![1, 2, 3] },
+        Request::Leave { room: "lab".into() },
+        Request::Sync { room: "nope".into(), after_seq: 0, limit: 10 },
+    ] {
+        let e = conn.request(req).await.unwrap_err();
+        assert_eq!(code(&e), ErrorCode::NOT_A_MEMBER);
+        assert!(e.to_string().starts_with("not a member of #"), "{e}");
+    }
+    let e = mallory.chat.members("lab").await.unwrap_err();
+    assert_eq!(e.to_string(), "not a member of #lab");
+
+    // A plain member may not add, remove or change roles.
+    let e = bob.chat.add("lab", &["carol".into()]).await.unwrap_err();
+    assert_eq!(code(&e), ErrorCode::PERMISSION_DENIED);
+    assert_eq!(e.to_string(), "permission denied: only owners and admins can add members");
+    let e = bob.chat.remove("lab", &["alice".into()]).await.unwrap_err();
+    assert_eq!(code(&e), ErrorCode::PERMISSION_DENIED);
+    assert!(e.to_string().starts_with("permission denied: only owners and admins can"), "{e}");
+    let e = bob.chat.set_role("lab", "bob", Role::Admin).await.unwrap_err();
+    assert_eq!(code(&e), ErrorCode::PERMISSION_DENIED);
+    // Admins cannot remove the owner.
+    alice.chat.set_role("lab", "bob", Role::Admin).await.unwrap();
+    let e = bob.chat.remove("lab", &["alice".into()]).await.unwrap_err();
+    assert_eq!(e.to_string(), "permission denied: the owner cannot be removed");
+    // And nothing was changed by the refused attempts.
+    let names: Vec<String> =
+        alice.chat.members("lab").await.unwrap().into_iter().map(|m| m.username).collect();
+    assert_eq!(names, ["alice", "bob"]);
+    // No events of the room ever reached mallory.
+    let mut events = mallory.chat.connection().take_events().unwrap();
+    alice.chat.send("lab", "secret").await.unwrap();
+    assert!(events.try_recv().is_err());
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn leaving_works_without_an_admin_and_cuts_delivery() {
+    let s = spawn_server(|_| {}).await;
+    let mut alice = user(&s, "alice").await;
+    let mut bob = user(&s, "bob").await;
+    let mut carol = user(&s, "carol").await;
+    alice.chat.create_room("lab").await.unwrap();
+    alice.chat.add("lab", &["bob".into(), "carol".into()]).await.unwrap();
+    bob.chat.catch_up().await.unwrap();
+    carol.chat.catch_up().await.unwrap();
+
+    carol.chat.leave("lab").await.unwrap();
+    // Bob, a plain member, speaks next: his client first commits the removal
+    // of carol's devices from the group.
+    bob.chat.send("lab", "carol is gone").await.unwrap();
+    assert!(alice.history("lab").await.iter().any(|(k, _, t)| k == "leave" && t == "carol left"));
+    assert_eq!(alice.messages("lab").await, ["bob: carol is gone"]);
+    let e = carol.chat.sync_room("lab").await.unwrap_err();
+    assert_eq!(e.to_string(), "not a member of #lab");
+    assert!(!carol.chat.history("lab", 0, 100).unwrap().iter().any(|r| r.text == "carol is gone"));
+    let names: Vec<String> =
+        alice.chat.members("lab").await.unwrap().into_iter().map(|m| m.username).collect();
+    assert_eq!(names, ["alice", "bob"]);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_device_joins_its_users_rooms_by_itself() {
+    let s = spawn_server(|_| {}).await;
+    let mut alice = user(&s, "alice").await;
+    let mut bob = user(&s, "bob").await;
+    alice.chat.create_room("lab").await.unwrap();
+    alice.chat.add("lab", &["bob".into()]).await.unwrap();
+    bob.chat.catch_up().await.unwrap();
+
+    // Alice enrols a laptop; nobody else acts.
+    let laptop_key = DeviceKey::generate();
+    let conn = s.connect().await;
+    let info = conn.login(&laptop_key, "alice", Password::new("correct horse battery")).await.unwrap();
+    let laptop_dir = tempfile::tempdir().unwrap();
+    let mut laptop = Chat::open(laptop_dir.path(), &laptop_key, conn, info).unwrap();
+    laptop.catch_up().await.unwrap();
+
+    bob.chat.send("lab", "hello both alices").await.unwrap();
+    laptop.sync_room("lab").await.unwrap();
+    let rows = laptop.history("lab", 0, 100).unwrap();
+    assert!(rows.iter().any(|r| r.kind == "message" && r.text == "hello both alices"), "{rows:?}");
+    laptop.send("lab", "from the laptop").await.unwrap();
+    assert_eq!(bob.messages("lab").await, ["bob: hello both alices", "alice: from the laptop"]);
+    assert_eq!(alice.messages("lab").await, ["bob: hello both alices", "alice: from the laptop"]);
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn live_events_reach_subscribers_in_order() {
+    let s = spawn_server(|_| {}).await;
+    let mut alice = user(&s, "alice").await;
+    let mut bob = user(&s, "bob").await;
+    alice.chat.create_room("lab").await.unwrap();
+    alice.chat.add("lab", &["bob".into()]).await.unwrap();
+    bob.chat.catch_up().await.unwrap();
+    let mut events = bob.chat.connection().take_events().unwrap();
+    bob.chat.subscribe().await.unwrap();
+    for i in 0..5 {
+        alice.chat.send("lab", &format!("live {i}")).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let event =
+            tokio::time::timeout(std::time::Duration::from_secs(30), events.recv()).await.unwrap().unwrap();
+        for update in bob.chat.handle_event(event).await.unwrap() {
+            if let Update::Row(row) = update {
+                if row.kind == "message" {
+                    seen.push(row.text);
+                }
+            }
+        }
+    }
+    assert_eq!(seen, ["live 0", "live 1", "live 2", "live 3", "live 4"]);
+    let members = alice.chat.members("lab").await.unwrap();
+    assert!(members.iter().find(|m| m.username == "bob").unwrap().online);
+    assert!(!members.iter().find(|m| m.username == "alice").unwrap().online, "alice never subscribed");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn no_plaintext_reaches_the_servers_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn_server_in(dir.path()).await;
+    let mut alice = user(&s, "alice").await;
+    let mut bob = user(&s, "bob").await;
+    alice.chat.create_room("vault").await.unwrap();
+    alice.chat.add("vault", &["bob".into()]).await.unwrap();
+    bob.chat.catch_up().await.unwrap();
+    let secrets = ["xylophone-orchid-7731", "the launch code is 0000", "zebra quartz marmalade"];
+    for (i, secret) in secrets.iter().enumerate() {
+        let who = if i % 2 == 0 { &mut alice } else { &mut bob };
+        who.chat.send("vault", secret).await.unwrap();
+    }
+    assert_eq!(bob.messages("vault").await.len(), 3);
+    s.stop().await;
+    let mut files = Vec::new();
+    collect_files(&dir.path().join("data"), &mut files);
+    assert!(files.iter().any(|f| f.ends_with("server.db")));
+    for file in files {
+        // SQLite may remove its -shm file as the last connection closes.
+        let Ok(bytes) = std::fs::read(&file) else { continue };
+        for secret in secrets {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{secret:?} found in {}",
+                file.display()
+            );
+        }
+    }
+}
+
+fn collect_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let Ok(entry) = entry else { continue };
+        let path = entry.path();
+        if path.is_dir() {
+            collect_files(&path, out);
+        } else {
+            out.push(path);
+        }
+    }
+}
+
+#[tokio::test]
+async fn bad_room_names_and_duplicates_are_refused() {
+    let s = spawn_server(|_| {}).await;
+    let mut alice = user(&s, "alice").await;
+    let e = alice.chat.create_room("no spaces").await.unwrap_err();
+    assert!(e.to_string().contains("room name may contain only"), "{e}");
+    let e = alice.chat.create_room(&"r".repeat(65)).await.unwrap_err();
+    assert!(e.to_string().contains("1 to 64"), "{e}");
+    alice.chat.create_room(&"r".repeat(64)).await.unwrap();
+    alice.chat.create_room("lab").await.unwrap();
+    let mut bob = user(&s, "bob").await;
+    let e = bob.chat.create_room("lab").await.unwrap_err();
+    assert_eq!(code(&e), ErrorCode::ROOM_EXISTS);
+    let e = alice.chat.add("lab", &["nobody".into()]).await.unwrap_err();
+    assert_eq!(code(&e), ErrorCode::NO_SUCH_USER);
+    let e = alice.chat.send("lab", &"x".repeat(64 * 1024 + 1)).await.unwrap_err();
+    assert!(e.to_string().contains("too large"), "{e}");
+    s.stop().await;
+}
