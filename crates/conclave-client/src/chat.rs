@@ -237,6 +237,12 @@ impl Chat {
             return Err(ClientError::Invalid(format!("not a member of #{room}")));
         }
         let mut updates = Vec::new();
+        // Fresh display names for the entries about to be shown.
+        match self.members(&room).await {
+            Ok(_) => {}
+            Err(e) if e.code() == Some(ErrorCode::NOT_A_MEMBER) => {}
+            Err(e) => return Err(e),
+        }
         loop {
             let after_seq = self.engine.last_seq(&room).map_err(mls)?;
             let req = Request::Sync { room: room.clone(), after_seq, limit: SYNC_PAGE };
@@ -331,11 +337,11 @@ impl Chat {
         };
         let applied = match self.engine.apply(room, &meta, item) {
             Ok(applied) => applied,
-            Err(e) if matches!(entry.body, EntryBody::Commit { .. }) => {
+            Err(e @ crate::engine::EngineError::OutOfStep { .. }) => {
                 // Our group state cannot follow this commit: rejoin the
-                // room's current epoch by external commit.
+                // room's current epoch by external commit (which replaces
+                // the old state and keeps queued messages).
                 tracing::warn!(%room, seq = entry.seq, error = %e, "cannot process a commit; rejoining");
-                self.engine.forget_room(room).map_err(mls)?;
                 self.join_external(room).await?;
                 return Ok(false);
             }
@@ -439,7 +445,7 @@ impl Chat {
         let room = room_name(raw)?;
         self.sync_room(&room).await?;
         let users: Vec<String> = users.iter().map(|u| u.to_ascii_lowercase()).collect();
-        if users.iter().any(|u| *u == self.account.username) {
+        if users.contains(&self.account.username) {
             return Err(ClientError::Invalid("to remove yourself, leave the room".into()));
         }
         let members = self.members(&room).await?;

@@ -102,7 +102,8 @@ pub async fn tail(cli: &Cli, args: &TailArgs) -> anyhow::Result<()> {
     let (chat, _) = open_chat(cli).await?;
     let room = conclave_proto::validate_room_name(&args.room).map_err(anyhow::Error::msg)?;
     let rooms = chat.list_rooms().await?;
-    if !rooms.iter().any(|r| r.name == room) {
+    let member = rooms.iter().any(|r| r.name == room);
+    if !member && chat.history(&room, 0, 1)?.is_empty() {
         bail!("not a member of #{room}");
     }
     let mut last = args.since.unwrap_or(0);
@@ -119,6 +120,9 @@ pub async fn tail(cli: &Cli, args: &TailArgs) -> anyhow::Result<()> {
     }
     out.flush()?;
     drop(out);
+    if !member {
+        bail!("you are no longer a member of #{room}; the lines above are this device's own history");
+    }
     if !args.follow {
         return Ok(());
     }

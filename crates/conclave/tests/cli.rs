@@ -2,6 +2,9 @@
 //! a loopback port with its data in a temp dir, and client commands run in
 //! their own profile directories.
 
+// Test helpers panic on failure by design: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

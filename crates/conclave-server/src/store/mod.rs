@@ -79,6 +79,9 @@ pub struct NewAccount<'a> {
     pub invite_token: Option<&'a str>,
 }
 
+/// Identifies one sent message: the sending device and its message id.
+pub type ClientMsgKey = (UserId, DeviceNo, u64);
+
 /// A room's row id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RoomId(pub i64);
@@ -291,11 +294,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// The newest `limit` message ids of a room, for deduplicating retries:
     /// `((user, device, client_msg_id), seq)`.
-    fn recent_client_ids(
-        &self,
-        room: RoomId,
-        limit: usize,
-    ) -> Result<Vec<((UserId, DeviceNo, u64), u64)>, StoreError>;
+    fn recent_client_ids(&self, room: RoomId, limit: usize) -> Result<Vec<(ClientMsgKey, u64)>, StoreError>;
 
     /// Encoded log entries after `after`, oldest first: at most `limit`
     /// entries and about `max_bytes` bytes (always at least one). The flag

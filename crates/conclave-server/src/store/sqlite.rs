@@ -11,8 +11,8 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBeha
 use sha2::{Digest, Sha256};
 
 use super::{
-    Credential, DeviceAccount, DeviceKey, DeviceNo, NewAccount, NewRoom, RoomId, RoomMember, RoomRecord,
-    Store, StoreError, StoredWelcome, UserId, WriteOp,
+    ClientMsgKey, Credential, DeviceAccount, DeviceKey, DeviceNo, NewAccount, NewRoom, RoomId, RoomMember,
+    RoomRecord, Store, StoreError, StoredWelcome, UserId, WriteOp,
 };
 
 /// Each entry upgrades the schema by one version. Append only.
@@ -573,11 +573,7 @@ impl Store for SqliteStore {
         rows.collect::<Result<_, _>>().map_err(db)
     }
 
-    fn recent_client_ids(
-        &self,
-        room: RoomId,
-        limit: usize,
-    ) -> Result<Vec<((UserId, DeviceNo, u64), u64)>, StoreError> {
+    fn recent_client_ids(&self, room: RoomId, limit: usize) -> Result<Vec<(ClientMsgKey, u64)>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn
             .prepare_cached(

@@ -2,6 +2,9 @@
 //! real TLS and a real SQLite file in a temp dir, driven by the client
 //! library and by raw sockets where a test needs to misbehave.
 
+// Test helpers panic on failure by design: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -381,8 +384,7 @@ async fn plaintext_and_tls12_clients_are_refused_while_others_are_served() {
     let err = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect("localhost".try_into().unwrap(), tcp)
         .await
-        .err()
-        .expect("a TLS 1.2 handshake must fail");
+        .expect_err("a TLS 1.2 handshake must fail");
     assert!(err.to_string().to_lowercase().contains("version") || err.to_string().contains("alert"), "{err}");
 
     // Meanwhile, a proper client is served.
