@@ -569,6 +569,18 @@ impl Chat {
         Ok(())
     }
 
+    /// Changes this user's display name.
+    pub async fn set_display_name(&mut self, name: &str) -> Result<AccountInfo, ClientError> {
+        match self.conn.request(Request::SetDisplayName { display_name: name.to_owned() }).await? {
+            Response::WhoAmI(info) => {
+                self.names.insert(info.username.clone(), info.display_name.clone());
+                self.account = info.clone();
+                Ok(info)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Asks for live events; returns the rooms.
     pub async fn subscribe(&self) -> Result<Vec<RoomSummary>, ClientError> {
         match self.conn.request(Request::Subscribe).await? {

@@ -172,6 +172,11 @@ pub enum Request {
     /// Push live events for every room of yours on this connection, and count
     /// it as online.
     Subscribe,
+    /// Change your display name. Answered with `WhoAmI`.
+    SetDisplayName {
+        /// The new name (see [`crate::validate_display_name`]).
+        display_name: String,
+    },
 }
 
 /// Create an account. The device key and signature enrol the first device

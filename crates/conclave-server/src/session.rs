@@ -203,6 +203,19 @@ impl Session {
             Request::SetRole { room, user, role } => rooms::set_role(shared, a, &room, user, role).await,
             Request::Leave { room } => rooms::leave(shared, a, &room, self.conn).await,
             Request::Subscribe => self.subscribe(a).await,
+            Request::SetDisplayName { display_name } => {
+                let name = conclave_proto::validate_display_name(&display_name)
+                    .map_err(|e| ErrorBody::new(ErrorCode::INVALID_DISPLAY_NAME, e.to_string()))?;
+                let store = shared.store.clone();
+                let user = a.user;
+                let shown = name.as_str().to_owned();
+                crate::blocking::run(move || store.set_display_name(user, &name))
+                    .await?
+                    .map_err(handlers::store_error)?;
+                let mut info = handlers::account_info(a);
+                info.display_name = shown;
+                Ok(Response::WhoAmI(info))
+            }
         }
     }
 

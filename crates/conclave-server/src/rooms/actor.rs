@@ -278,6 +278,18 @@ impl RoomActor {
                 let _ = reply.send(self.claim(&from, users).await);
             }
             RoomCmd::Members { from, reply } => {
+                if self.member(&from).is_ok() {
+                    // Display names change outside the room: read them fresh.
+                    let store = self.shared.store.clone();
+                    let id = self.id;
+                    if let Ok(Ok(fresh)) = crate::blocking::run(move || store.room_members(id)).await {
+                        for m in fresh {
+                            if let Some(mine) = self.members.get_mut(&m.user) {
+                                mine.display_name = m.display_name;
+                            }
+                        }
+                    }
+                }
                 let result = self.member(&from).map(|_| ()).map(|()| {
                     let mut list: Vec<MemberInfo> = self
                         .members

@@ -256,6 +256,9 @@ pub trait Store: Send + Sync + 'static {
     /// Records a single-use invitation token.
     fn create_invite(&self, token: &str) -> Result<(), StoreError>;
 
+    /// Changes a user's display name.
+    fn set_display_name(&self, user: UserId, display_name: &DisplayName) -> Result<(), StoreError>;
+
     /// A user by name, with their display name.
     fn user_by_name(&self, username: &Username) -> Result<Option<(UserId, String)>, StoreError>;
 

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use conclave_proto::{validate_username, Role, Username};
+use conclave_proto::{validate_username, DisplayName, Role, Username};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
 use sha2::{Digest, Sha256};
 
@@ -379,6 +379,16 @@ impl Store for SqliteStore {
             .execute(
                 "INSERT INTO invites (token_sha256, created_at) VALUES (?1, ?2)",
                 params![token_hash(token), now()],
+            )
+            .map_err(db)?;
+        Ok(())
+    }
+
+    fn set_display_name(&self, user: UserId, display_name: &DisplayName) -> Result<(), StoreError> {
+        self.lock()
+            .execute(
+                "UPDATE users SET display_name = ?2 WHERE id = ?1",
+                params![user.0, display_name.as_str()],
             )
             .map_err(db)?;
         Ok(())
