@@ -342,3 +342,72 @@ fn cli_misuse_exits_non_zero_with_one_line() {
     let err = fails(&out);
     assert!(err.contains("/nonexistent.pem"), "{err}");
 }
+
+#[test]
+fn a_first_conversation_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Served::start(&dir.path().join("data"), &[]);
+    let profiles: Vec<PathBuf> = ["alice", "bob", "carol"].iter().map(|n| profile(&dir, n)).collect();
+    for (p, name) in profiles.iter().zip(["alice", "bob", "carol"]) {
+        let display = format!("{}{}", name[..1].to_uppercase(), &name[1..]);
+        ok(&run(
+            p,
+            &[
+                "--server",
+                &s.addr,
+                "--accept-new-server",
+                "register",
+                name,
+                "--password-stdin",
+                "--display-name",
+                &display,
+            ],
+            "correct horse\n",
+        ));
+    }
+    let (alice, bob, carol) = (&profiles[0], &profiles[1], &profiles[2]);
+    assert!(ok(&run(alice, &["room", "create", "lab"], "")).contains("created #lab"));
+    ok(&run(alice, &["room", "add", "lab", "bob", "carol"], ""));
+    ok(&run(alice, &["send", "lab", "the build is green"], ""));
+    ok(&run(bob, &["send", "lab"], "piped from stdin\n"));
+
+    let out = ok(&run(carol, &["tail", "lab"], ""));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines[0].ends_with(" * bob, carol joined #lab"), "{out}");
+    assert!(lines[1].ends_with(" <Alice> the build is green"), "{out}");
+    assert!(lines[2].ends_with(" <Bob> piped from stdin"), "{out}");
+    assert_eq!(lines[1].as_bytes()[2], b':', "HH:MM:SS first: {out}");
+
+    let out = ok(&run(carol, &["tail", "lab", "--json", "--since", "3"], ""));
+    let first = out.lines().next().unwrap();
+    assert!(first.contains(r#""kind":"message""#) && first.contains(r#""sender":"bob""#), "{out}");
+    assert!(
+        first.contains(r#""room":"lab""#) && first.contains(r#""seq":4"#) && first.contains(r#""time":"#)
+    );
+
+    let out = ok(&run(alice, &["room", "members", "lab"], ""));
+    assert!(out.contains("alice (Alice)") && out.contains("owner") && out.contains("bob (Bob)"), "{out}");
+
+    // A plain member may not remove; the owner promotes, then removes.
+    let err = fails(&run(bob, &["room", "remove", "lab", "carol"], ""));
+    assert!(err.contains("permission denied: only owners and admins can"), "{err}");
+    ok(&run(alice, &["room", "role", "lab", "carol", "admin"], ""));
+    ok(&run(carol, &["room", "remove", "lab", "bob"], ""));
+    ok(&run(alice, &["send", "lab", "bob is out"], ""));
+    let out = ok(&run(alice, &["tail", "lab"], ""));
+    assert!(out.contains("* alice made carol admin") && out.contains("* carol removed bob"), "{out}");
+    assert!(out.contains("<Alice> bob is out"), "{out}");
+    let err = fails(&run(bob, &["tail", "lab"], ""));
+    assert!(err.contains("no longer a member of #lab"), "{err}");
+    let bob_saw = String::from_utf8(run(bob, &["tail", "lab"], "").stdout).unwrap();
+    assert!(!bob_saw.contains("bob is out"), "{bob_saw}");
+
+    ok(&run(carol, &["room", "leave", "lab"], ""));
+    assert!(ok(&run(alice, &["tail", "lab"], "")).contains("* carol left"));
+    assert!(ok(&run(alice, &["room", "list"], "")).contains("#lab"));
+    assert!(ok(&run(carol, &["room", "list"], "")).contains("no rooms yet"));
+    let err = fails(&run(carol, &["send", "lab", "hello?"], ""));
+    assert!(err.contains("not a member of #lab"), "{err}");
+    s.stop();
+}
