@@ -90,8 +90,13 @@ impl RoomActor {
         .await?
         .map_err(|e: crate::store::StoreError| internal(e))?;
         let Some((record, members, recent)) = loaded else { return Ok(None) };
-        let group = RoomGroup::from_group_info(&record.group_info, &record.group_id)
-            .map_err(|e| internal(format!("room {name}: cannot rebuild its group: {e}")))?;
+        // The saved state is preferred: rebuilding from the GroupInfo fails
+        // once a member's leaf has outlived its lifetime without an update.
+        let group = match &record.group_state {
+            Some(state) => RoomGroup::from_snapshot(state, &record.group_id),
+            None => RoomGroup::from_group_info(&record.group_info, &record.group_id),
+        }
+        .map_err(|e| internal(format!("room {name}: cannot restore its group: {e}")))?;
         let mut recent_order = VecDeque::with_capacity(recent.len());
         let mut recent_map = HashMap::with_capacity(recent.len());
         for (key, seq) in recent.into_iter().rev() {
@@ -634,13 +639,23 @@ impl RoomActor {
         }
 
         // Apply in memory, check the committer's GroupInfo for the new epoch,
-        // and roll back (rebuild from the stored GroupInfo) if anything fails.
+        // and roll back to the copy taken here if anything fails before the
+        // commit is on disk. (A copy, not a rebuild from the GroupInfo:
+        // OpenMLS refuses to rebuild a group whose idle leaves have expired.)
         let old_epoch = self.group.epoch();
+        let backup = self.group.try_clone().map_err(mls_error)?;
         self.group.apply(checked).map_err(mls_error)?;
         if let Err(e) = self.group.check_group_info(&group_info) {
-            self.rebuild();
+            self.group = backup;
             return Err(mls_error(e));
         }
+        let snapshot = match self.group.to_snapshot() {
+            Ok(snapshot) => snapshot,
+            Err(e) => {
+                self.group = backup;
+                return Err(mls_error(e));
+            }
+        };
 
         let seq = self.next_seq;
         let time_ms = now_ms();
@@ -652,7 +667,7 @@ impl RoomActor {
         let (stored, frame) = match self.encode_entry(self.entry(seq, time_ms, from, body)) {
             Ok(pair) => pair,
             Err(e) => {
-                self.rebuild();
+                self.group = backup;
                 return Err(e);
             }
         };
@@ -665,7 +680,12 @@ impl RoomActor {
                 client_msg_id: None,
                 entry: stored,
             },
-            WriteOp::SetEpoch { room: self.id, epoch: self.group.epoch(), group_info: group_info.clone() },
+            WriteOp::SetEpoch {
+                room: self.id,
+                epoch: self.group.epoch(),
+                group_info: group_info.clone(),
+                group_state: snapshot,
+            },
         ];
         for (user, _) in &new_users {
             ops.push(WriteOp::AddMember { room: self.id, user: *user, role: Role::Member, joined_seq: seq });
@@ -683,7 +703,7 @@ impl RoomActor {
             });
         }
         if let Err(e) = self.shared.log_writer.write(ops).await {
-            self.rebuild();
+            self.group = backup;
             return Err(e);
         }
         tracing::debug!(room = %self.name, seq, from = old_epoch, to = self.group.epoch(), "commit accepted");
@@ -721,13 +741,5 @@ impl RoomActor {
             }
         }
         Ok(seq)
-    }
-
-    /// Rebuilds the keyless group from the stored GroupInfo after a failed commit.
-    fn rebuild(&mut self) {
-        match RoomGroup::from_group_info(&self.group_info, &self.group_id) {
-            Ok(group) => self.group = group,
-            Err(e) => tracing::error!(room = %self.name, error = %e, "cannot rebuild the room's group"),
-        }
     }
 }

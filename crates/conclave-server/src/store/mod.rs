@@ -99,6 +99,8 @@ pub struct RoomRecord {
     pub epoch: u64,
     /// GroupInfo of the current epoch (MLSMessage bytes, with the tree).
     pub group_info: Vec<u8>,
+    /// The server's own saved keyless group state for that epoch, if any.
+    pub group_state: Option<Vec<u8>>,
     /// Sequence number of the newest log entry.
     pub head_seq: u64,
 }
@@ -161,6 +163,8 @@ pub enum WriteOp {
         epoch: u64,
         /// GroupInfo of that epoch.
         group_info: Vec<u8>,
+        /// The server's keyless group state at that epoch.
+        group_state: Vec<u8>,
     },
     /// Make a user a member.
     AddMember {

@@ -83,6 +83,8 @@ const MIGRATIONS: &[&str] = &[
          data      BLOB NOT NULL,
          PRIMARY KEY (user_id, device_no, room_id, seq)
      ) WITHOUT ROWID;",
+    // 3: the server's saved keyless group state per room.
+    "ALTER TABLE rooms ADD COLUMN group_state BLOB;",
 ];
 
 fn role_to_int(role: Role) -> i64 {
@@ -198,10 +200,10 @@ fn apply_op(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> Result<(), StoreErr
             })
             .map_err(db)?;
         }
-        WriteOp::SetEpoch { room, epoch, group_info } => {
+        WriteOp::SetEpoch { room, epoch, group_info, group_state } => {
             tx.execute(
-                "UPDATE rooms SET epoch = ?2, group_info = ?3 WHERE id = ?1",
-                params![room.0, to_i64(*epoch), group_info],
+                "UPDATE rooms SET epoch = ?2, group_info = ?3, group_state = ?4 WHERE id = ?1",
+                params![room.0, to_i64(*epoch), group_info, group_state],
             )
             .map_err(db)?;
         }
@@ -518,7 +520,7 @@ impl Store for SqliteStore {
         self.lock()
             .query_row(
                 "SELECT r.id, r.name, r.group_id, r.epoch, r.group_info,
-                        (SELECT COALESCE(MAX(seq), 0) FROM log WHERE room_id = r.id)
+                        (SELECT COALESCE(MAX(seq), 0) FROM log WHERE room_id = r.id), r.group_state
                  FROM rooms r WHERE r.name = ?1",
                 [name],
                 |r| {
@@ -529,6 +531,7 @@ impl Store for SqliteStore {
                         epoch: r.get::<_, i64>(3)? as u64,
                         group_info: r.get(4)?,
                         head_seq: r.get::<_, i64>(5)? as u64,
+                        group_state: r.get(6)?,
                     })
                 },
             )
