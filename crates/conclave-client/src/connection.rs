@@ -111,8 +111,9 @@ impl TlsConnected {
 
         let pending: Pending = Arc::new(Mutex::new(PendingState::default()));
         let (tx, rx) = mpsc::channel(OUTBOUND_QUEUE);
-        // Unbounded on our side: the server bounds what it queues for us and
-        // disconnects us if we fall behind, so this cannot grow without limit.
+        // Unbounded, so that a slow consumer of events never stalls the
+        // answers to requests behind them. Front ends must drain it; `Chat`
+        // does, one event at a time.
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         tokio::spawn(write_loop(wr, rx));
         tokio::spawn(read_loop(rd, buf, pending.clone(), events_tx));

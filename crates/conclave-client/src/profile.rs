@@ -4,6 +4,7 @@
 //! DIR/               0700
 //!   profile.json     0600  the server, pinned fingerprints, the account
 //!   device.key       0600  the device's Ed25519 seed, hex
+//!   mls.db           0600  MLS state and decrypted history (see `engine`)
 //! ```
 //!
 //! Files are written atomically (temporary file, fsync, rename), so a crash

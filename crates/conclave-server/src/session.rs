@@ -167,7 +167,11 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdo
     session.unsubscribe().await;
     drop(session);
     // Let the writer flush what is queued (the error frame, say), bounded.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), writer).await;
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(std::time::Duration::from_secs(5), writer).await.is_err() {
+        // A peer that does not read must not keep its socket past its permit.
+        abort.abort();
+    }
 }
 
 impl Session {

@@ -47,7 +47,7 @@ pub async fn handle(shared: &Shared, info: &ConnInfo, req: Login) -> Result<Devi
         _ => None,
     };
     let user = credential.as_ref().map(|c| c.user);
-    let ok = shared.hasher.verify(req.password, credential.map(|c| c.password_hash)).await?;
+    let ok = plausible && shared.hasher.verify(req.password, credential.map(|c| c.password_hash)).await?;
     let Some(user) = user.filter(|_| ok) else {
         shared.throttle.fail(&keys, Instant::now());
         tracing::warn!("login failed");

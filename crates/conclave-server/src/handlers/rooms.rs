@@ -27,7 +27,7 @@ fn not_a_member(room: &str) -> ErrorBody {
 /// The actor of a room the caller names; unknown rooms look exactly like
 /// rooms the caller is not in.
 pub async fn room(shared: &Arc<Shared>, raw: &str) -> Result<(String, RoomHandle), ErrorBody> {
-    let shown: String = raw.chars().take(MAX_ROOM_NAME_LEN + 1).collect();
+    let shown: String = raw.strip_prefix('#').unwrap_or(raw).chars().take(MAX_ROOM_NAME_LEN + 1).collect();
     let name = validate_room_name(raw).map_err(|_| not_a_member(&shown))?;
     match shared.rooms.get(shared, &name).await? {
         Some(handle) => Ok((name, handle)),

@@ -468,10 +468,20 @@ impl RoomActor {
             for name in &names {
                 match store.user_by_name(name)? {
                     Some((id, _)) => ids.push((id, name.clone())),
-                    None => return Ok(Err(name.clone())),
+                    None => return Ok(Err(ErrorBody::new(ErrorCode::NO_SUCH_USER, format!("there is no user named {name}")))),
                 }
             }
-            let packages = store.claim_key_packages(&ids.iter().map(|(id, _)| *id).collect::<Vec<_>>())?;
+            let packages = match store.claim_key_packages(&ids.iter().map(|(id, _)| *id).collect::<Vec<_>>()) {
+                Ok(packages) => packages,
+                Err(crate::store::StoreError::NoKeyPackages(user)) => {
+                    let name = ids.iter().find(|(id, _)| *id == user).map(|(_, n)| n.to_string()).unwrap_or_default();
+                    return Ok(Err(ErrorBody::new(
+                        ErrorCode::INVALID_REQUEST,
+                        format!("{name} has no device ready to join (no KeyPackages on the server); they must connect once first"),
+                    )));
+                }
+                Err(e) => return Err(e),
+            };
             let mut counts = Vec::new();
             for (user, device, _) in &packages {
                 counts.push((*user, *device, store.key_package_count(*user, *device)?));
@@ -480,23 +490,16 @@ impl RoomActor {
         })
         .await?
         .map_err(|e: crate::store::StoreError| internal(e))?;
-        let (ids, packages, counts) = claimed.map_err(|name| {
-            ErrorBody::new(ErrorCode::NO_SUCH_USER, format!("there is no user named {name}"))
-        })?;
-        for (id, name) in &ids {
-            if !packages.iter().any(|(u, _, _)| u == id) {
-                return Err(ErrorBody::new(
-                    ErrorCode::INVALID_REQUEST,
-                    format!("{name} has no device ready to join (no KeyPackages on the server); they must connect once first"),
-                ));
-            }
-        }
+        let (ids, packages, counts) = claimed?;
         for (user, device, available) in counts {
             if available < KEY_PACKAGES_LOW {
                 let event = ServerFrame::Event(Event::KeyPackagesLow { available });
                 if let Ok(frame) = encode_to_bytes(&event) {
                     for s in self.shared.hub.sessions_of(user).into_iter().filter(|s| s.device == device) {
-                        let _ = s.outbox.push(frame.clone());
+                        if s.outbox.push(frame.clone()).is_err() {
+                            // It checks its KeyPackage count when it reconnects.
+                            s.kick.cancel();
+                        }
                     }
                 }
             }
@@ -585,6 +588,16 @@ impl RoomActor {
         }
         if !added_devices.is_empty() && !me.role.can_manage() {
             return Err(denied("only owners and admins can add members"));
+        }
+        // Plain members may update their own leaf and clean up departed
+        // members' leaves; anything else (group context, PSKs, reinit) is
+        // for owners and admins.
+        if !me.role.can_manage()
+            && checked.proposal_kinds().iter().any(|k| {
+                !(matches!(*k, "update" | "remove" | "self_remove") || (external && *k == "external_init"))
+            })
+        {
+            return Err(denied("only owners and admins can change the group's settings"));
         }
 
         // Removes: map leaves to users.
@@ -717,11 +730,24 @@ impl RoomActor {
             self.subscribers.retain(|_, s| s.user != *user);
         }
         // New members: record them, then start delivering to their live sessions.
+        // The commit is stored: from here on nothing may turn it into an error.
         if !new_users.is_empty() {
             let store = self.shared.store.clone();
             let id = self.id;
-            let members = crate::blocking::run(move || store.room_members(id)).await?.map_err(internal)?;
-            self.members = members.into_iter().map(|m| (m.user, m)).collect();
+            match crate::blocking::run(move || store.room_members(id)).await {
+                Ok(Ok(members)) => self.members = members.into_iter().map(|m| (m.user, m)).collect(),
+                Ok(Err(e)) => tracing::error!(room = %self.name, error = %e, "cannot re-read members"),
+                Err(e) => tracing::error!(room = %self.name, error = %e, "cannot re-read members"),
+            }
+            for (user, name) in &new_users {
+                self.members.entry(*user).or_insert_with(|| RoomMember {
+                    user: *user,
+                    username: validate_username(name).unwrap_or_else(|_| from.username.clone()),
+                    display_name: name.clone(),
+                    role: Role::Member,
+                    joined_seq: seq,
+                });
+            }
         }
         for (user, device, welcome) in welcomes {
             let item = WelcomeItem {

@@ -145,6 +145,8 @@ fn gone() -> ErrorBody {
 #[derive(Default)]
 pub struct Rooms {
     map: tokio::sync::Mutex<HashMap<String, RoomHandle>>,
+    /// Set at shutdown: no room is started again.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Rooms {
@@ -152,6 +154,9 @@ impl Rooms {
     /// there is no such room.
     pub async fn get(&self, shared: &Arc<Shared>, name: &str) -> Result<Option<RoomHandle>, ErrorBody> {
         let mut map = self.map.lock().await;
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(gone());
+        }
         if let Some(h) = map.get(name) {
             if !h.tx.is_closed() {
                 return Ok(Some(h.clone()));
@@ -169,6 +174,8 @@ impl Rooms {
 
     /// Stops every actor (they finish what is queued first).
     pub async fn close_all(&self) {
-        self.map.lock().await.clear();
+        let mut map = self.map.lock().await;
+        self.closed.store(true, std::sync::atomic::Ordering::Release);
+        map.clear();
     }
 }

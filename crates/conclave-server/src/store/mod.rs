@@ -234,6 +234,9 @@ pub enum StoreError {
     /// The invitation token is unknown or already used.
     #[error("invitation token is invalid or already used")]
     InvalidToken,
+    /// A user has no KeyPackage on the server (nothing was claimed).
+    #[error("a user has no KeyPackages")]
+    NoKeyPackages(UserId),
     /// A room with this name (or group id) exists.
     #[error("a room with this name already exists")]
     RoomExists,
@@ -284,7 +287,8 @@ pub trait Store: Send + Sync + 'static {
 
     /// Takes one KeyPackage of every device of each user, in one transaction:
     /// a single-use one (deleted) if any is left, else the last-resort one.
-    /// Devices with neither are left out.
+    /// Devices with neither are left out; a user none of whose devices has
+    /// one fails the whole claim with `NoKeyPackages`, and nothing is taken.
     fn claim_key_packages(&self, users: &[UserId]) -> Result<Vec<(UserId, DeviceNo, Vec<u8>)>, StoreError>;
 
     /// Creates a room, its owner's membership and its first log entry.

@@ -488,6 +488,10 @@ impl Store for SqliteStore {
                     out.push((*user, DeviceNo(device), data));
                 }
             }
+            if !out.iter().any(|(u, _, _)| u == user) {
+                // Dropping the transaction rolls back what was claimed so far.
+                return Err(StoreError::NoKeyPackages(*user));
+            }
         }
         tx.commit().map_err(db)?;
         Ok(out)
