@@ -15,7 +15,7 @@ use conclave_proto::{
     Request, Response, Role, RoomSummary, MAX_MESSAGE_BYTES,
 };
 
-use crate::engine::{Applied, Engine, HistoryRow, Item, Meta};
+use crate::engine::{Applied, Engine, EngineError, HistoryRow, Item, Meta};
 use crate::{ClientError, Connection, DeviceKey};
 
 /// Attempts at a commit that keeps losing the race for an epoch.
@@ -60,12 +60,26 @@ pub struct Chat {
     names: HashMap<String, String>,
 }
 
-fn mls(e: crate::engine::EngineError) -> ClientError {
+fn mls(e: EngineError) -> ClientError {
     ClientError::Invalid(e.to_string())
 }
 
 fn unexpected(r: Response) -> ClientError {
     ClientError::Protocol(format!("unexpected answer {r:?}"))
+}
+
+/// The leaves of the room's group whose user matches `wanted`.
+fn leaves_of(
+    engine: &mut Engine,
+    room: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<Vec<u32>, EngineError> {
+    Ok(engine
+        .members(room)?
+        .into_iter()
+        .filter(|(_, identity)| wanted(identity.rsplit_once(':').map_or(identity.as_str(), |(u, _)| u)))
+        .map(|(leaf, _)| leaf)
+        .collect())
 }
 
 fn room_name(raw: &str) -> Result<String, ClientError> {
@@ -371,21 +385,17 @@ impl Chat {
     /// group), so nothing is encrypted to them.
     async fn remove_departed(&mut self, room: &str) -> Result<(), ClientError> {
         let members: Vec<String> = self.members(room).await?.into_iter().map(|m| m.username).collect();
-        let stale: Vec<u32> = self
-            .engine
-            .members(room)
-            .map_err(mls)?
-            .into_iter()
-            .filter(|(_, identity)| {
-                let user = identity.rsplit_once(':').map_or(identity.as_str(), |(u, _)| u);
-                !members.iter().any(|m| m == user)
-            })
-            .map(|(leaf, _)| leaf)
-            .collect();
+        let stale =
+            leaves_of(&mut self.engine, room, |user| !members.iter().any(|m| m == user)).map_err(mls)?;
         if stale.is_empty() {
             return Ok(());
         }
-        self.commit_with(room, |engine, room| engine.remove_leaves(room, &stale)).await.map(drop)
+        self.commit_with(room, |engine, room| {
+            let stale = leaves_of(engine, room, |user| !members.iter().any(|m| m == user))?;
+            engine.remove_leaves(room, &stale)
+        })
+        .await
+        .map(drop)
     }
 
     /// Makes a commit with `make`, submits it, and retries at the new epoch
@@ -454,45 +464,16 @@ impl Chat {
                 return Err(ClientError::Invalid(format!("{u} is not a member of #{room}")));
             }
         }
-        for _ in 0..COMMIT_ATTEMPTS {
-            let leaves: Vec<u32> = self
-                .engine
-                .members(&room)
-                .map_err(mls)?
-                .into_iter()
-                .filter(|(_, identity)| {
-                    let user = identity.rsplit_once(':').map_or(identity.as_str(), |(u, _)| u);
-                    users.iter().any(|u| u == user)
-                })
-                .map(|(leaf, _)| leaf)
-                .collect();
+        // The leaves are looked up again on every attempt: a lost race may
+        // have changed the tree.
+        self.commit_with(&room, |engine, room| {
+            let leaves = leaves_of(engine, room, |user| users.iter().any(|u| u == user))?;
             if leaves.is_empty() {
-                return Err(ClientError::Invalid("none of them has a device in the room's group".into()));
+                return Err(EngineError::Invalid("none of them has a device in the room's group".into()));
             }
-            let out = self.engine.remove_leaves(&room, &leaves).map_err(mls)?;
-            let req = Request::Commit {
-                room: room.clone(),
-                commit: out.commit,
-                welcome: None,
-                group_info: out.group_info,
-            };
-            match self.conn.request(req).await {
-                Ok(Response::Accepted { seq }) => {
-                    self.engine.merge_pending(&room).map_err(mls)?;
-                    return Ok(seq);
-                }
-                Ok(other) => return Err(unexpected(other)),
-                Err(e) if e.code() == Some(ErrorCode::STALE_EPOCH) => {
-                    self.engine.discard_pending(&room).map_err(mls)?;
-                    self.sync_room(&room).await?;
-                }
-                Err(e) => {
-                    let _ = self.engine.discard_pending(&room);
-                    return Err(e);
-                }
-            }
-        }
-        Err(ClientError::Invalid(format!("#{room} kept changing; the change was not made, try again")))
+            engine.remove_leaves(room, &leaves)
+        })
+        .await
     }
 
     /// Leaves a room.
@@ -626,5 +607,44 @@ impl Chat {
                 Ok(Vec::new())
             }
         }
+    }
+}
+
+/// For front ends that stay open while the network comes and goes (the TUI).
+impl Chat {
+    /// Queues a message in this device's outgoing queue without touching the
+    /// network; [`Chat::resend_pending`] sends it after the next connect. The
+    /// queue is on disk, so the message survives a restart too. Ids grow with
+    /// time, so messages queued one after another are sent in that order.
+    /// Returns the message's client id.
+    pub fn queue_message(&mut self, raw: &str, text: &str) -> Result<u64, ClientError> {
+        let room = room_name(raw)?;
+        if text.len() > MAX_MESSAGE_BYTES {
+            return Err(ClientError::Invalid(format!(
+                "message too large: {} bytes, at most {MAX_MESSAGE_BYTES}",
+                text.len()
+            )));
+        }
+        if text.trim().is_empty() {
+            return Err(ClientError::Invalid("the message is empty".into()));
+        }
+        if !self.engine.has_group(&room) {
+            return Err(ClientError::Invalid(format!("not a member of #{room}")));
+        }
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        // Milliseconds in the high bits (ordered), 21 random low bits, and
+        // 63 bits in all: ids are stored as SQLite's signed integers.
+        let random = rand::Rng::gen::<u64>(&mut rand::rngs::OsRng) & ((1 << 21) - 1);
+        let client_msg_id = ((millis << 21) | random) & (u64::MAX >> 1);
+        self.engine.queue_outgoing(&room, client_msg_id, text).map_err(mls)?;
+        Ok(client_msg_id)
+    }
+
+    /// Client ids of this device's messages to `room` not yet seen in its log.
+    pub fn pending_ids(&self, raw: &str) -> Result<Vec<u64>, ClientError> {
+        let room = room_name(raw)?;
+        Ok(self.engine.pending_outgoing(&room).map_err(mls)?.into_iter().map(|(id, _)| id).collect())
     }
 }
