@@ -9,8 +9,10 @@
 
 use bytes::{Bytes, BytesMut};
 use conclave_proto::{decode, encode_to_bytes, ClientFrame, DecodeError, ServerFrame};
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+
+use tokio::sync::{mpsc, oneshot};
 
 /// Bytes gathered into one write at most.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -62,6 +64,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 #[derive(Clone)]
 pub struct Outbox {
     tx: mpsc::Sender<Bytes>,
+    /// The connection's last word: written ahead of anything still queued.
+    last: Arc<Mutex<Option<oneshot::Sender<Bytes>>>>,
 }
 
 /// The frame could not be queued: the connection is closing, or its queue is
@@ -74,6 +78,16 @@ impl Outbox {
     /// Queues an already-encoded frame without waiting.
     pub fn push(&self, frame: Bytes) -> Result<(), QueueFull> {
         self.tx.try_send(frame).map_err(|_| QueueFull)
+    }
+
+    /// Sends a final frame ahead of whatever is queued (which is dropped: a
+    /// closing connection's client re-syncs anyway), then closes. Works even
+    /// when the queue is full.
+    pub fn close_with(&self, frame: &ServerFrame) {
+        let Ok(bytes) = encode_to_bytes(frame) else { return };
+        if let Some(last) = self.last.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = last.send(bytes);
+        }
     }
 
     /// Encodes and queues one frame.
@@ -100,9 +114,38 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, mut rx) = mpsc::channel::<Bytes>(capacity.max(1));
+    let (last_tx, last_rx) = oneshot::channel::<Bytes>();
     let handle = tracker.spawn(async move {
         let mut batch = BytesMut::new();
-        while let Some(first) = rx.recv().await {
+        let mut last_rx = Some(last_rx);
+        loop {
+            let last_word = async {
+                match last_rx.as_mut() {
+                    Some(rx) => rx.await.ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            let first = tokio::select! {
+                biased;
+                word = last_word => {
+                    match word {
+                        Some(word) => {
+                            let _ = wr.write_all(&word).await;
+                            let _ = wr.flush().await;
+                            break;
+                        }
+                        // Every outbox is gone without a last word.
+                        None => {
+                            last_rx = None;
+                            continue;
+                        }
+                    }
+                }
+                frame = rx.recv() => match frame {
+                    Some(frame) => frame,
+                    None => break,
+                },
+            };
             let result = if rx.is_empty() {
                 wr.write_all(&first).await
             } else {
@@ -123,5 +166,5 @@ where
         // Best effort: sends TLS close_notify and FIN.
         let _ = wr.shutdown().await;
     });
-    (Outbox { tx }, handle)
+    (Outbox { tx, last: Arc::new(Mutex::new(Some(last_tx))) }, handle)
 }

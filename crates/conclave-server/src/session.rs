@@ -271,7 +271,7 @@ impl Session {
 
     /// Queues a connection-level error; the caller then closes.
     fn close_with(&self, error: ErrorBody) {
-        let _ = self.outbox.send(&ServerFrame::Error { id: None, error });
+        self.outbox.close_with(&ServerFrame::Error { id: None, error });
     }
 
     fn reply(&self, id: RequestId, result: Result<Response, ErrorBody>) -> bool {

@@ -522,6 +522,17 @@ impl RawTls {
         Self { stream, buf: BytesMut::new() }
     }
 
+    /// This connection's TLS exporter value for device authentication.
+    fn exporter(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        self.stream
+            .get_ref()
+            .1
+            .export_keying_material(&mut out, conclave_proto::EXPORTER_LABEL, None)
+            .unwrap();
+        out
+    }
+
     async fn send(&mut self, frame: &ClientFrame) {
         self.stream.write_all(&encode_to_bytes(frame).unwrap()).await.unwrap();
         self.stream.flush().await.unwrap();

@@ -420,3 +420,67 @@ async fn bad_room_names_and_duplicates_are_refused() {
     assert!(e.to_string().contains("too large"), "{e}");
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_subscriber_that_does_not_read_is_disconnected_and_loses_nothing() {
+    let s = spawn_server(|c| c.outbound_queue = 4).await;
+    let mut alice = user(&s, "alice").await;
+    let bob = user(&s, "bob").await;
+    alice.chat.create_room("lab").await.unwrap();
+    alice.chat.add("lab", &["bob".into()]).await.unwrap();
+
+    // Bob subscribes on a raw connection, then stops reading.
+    let mut raw = super::RawTls::connect(&s).await;
+    raw.send(&conclave_proto::ClientFrame::Hello(conclave_proto::ClientHello {
+        protocol_version: conclave_proto::PROTOCOL_VERSION,
+        client: "test".into(),
+    }))
+    .await;
+    let Some(conclave_proto::ServerFrame::Hello(hello)) = raw.recv().await else { panic!() };
+    let exporter = raw.exporter();
+    let proof = bob.device.sign(&conclave_proto::auth_message(&hello.auth_nonce, &exporter));
+    for (id, body) in [
+        (
+            1,
+            Request::Authenticate(conclave_proto::Authenticate {
+                device_key: bob.device.public().to_vec(),
+                signature: proof.to_vec(),
+            }),
+        ),
+        (2, Request::Subscribe),
+    ] {
+        raw.send(&conclave_proto::ClientFrame::Request { id: conclave_proto::RequestId(id), body }).await;
+        loop {
+            match raw.recv().await.unwrap() {
+                conclave_proto::ServerFrame::Response { id: got, .. } if got.0 == id => break,
+                conclave_proto::ServerFrame::Event(_) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    // Far more than the socket buffers and the 4-frame queue can hold.
+    let big = "x".repeat(60 * 1024);
+    for i in 0..150 {
+        alice.chat.send("lab", &format!("{i} {big}")).await.unwrap();
+    }
+    // Bob's connection was closed with a clear reason after what was queued.
+    let mut last = None;
+    while let Some(frame) = raw.recv().await {
+        last = Some(frame);
+    }
+    match last {
+        Some(conclave_proto::ServerFrame::Error { id: None, error }) => {
+            assert_eq!(error.code, ErrorCode::SLOW_CONSUMER)
+        }
+        Some(other) => panic!("expected a slow-consumer error last, got {:.200}", format!("{other:?}")),
+        None => panic!("expected a slow-consumer error last, got nothing"),
+    }
+    // Nothing is lost: the log has every message.
+    let mut bob = bob;
+    bob.reconnect(&s).await;
+    let got = bob.messages("lab").await;
+    assert_eq!(got.len(), 150);
+    assert!(got[149].starts_with("alice: 149 "));
+    s.stop().await;
+}
