@@ -434,6 +434,11 @@ impl RoomActor {
         self.members.remove(&from.user);
         if let Some(h) = heir.and_then(|h| self.members.get_mut(&h)) {
             h.role = Role::Owner;
+            let body = EntryBody::RoleChanged { user: h.username.to_string(), role: Role::Owner };
+            // The role is already stored with the departure; this tells the room.
+            if let Err(e) = self.notice(from, body, Vec::new()).await {
+                tracing::error!(room = %self.name, error = %e.message, "cannot log the new owner");
+            }
         }
         self.subscribers.retain(|_, s| s.user != from.user);
         Ok(seq)

@@ -484,3 +484,24 @@ async fn a_subscriber_that_does_not_read_is_disconnected_and_loses_nothing() {
     assert!(got[149].starts_with("alice: 149 "));
     s.stop().await;
 }
+
+#[tokio::test]
+async fn an_owner_who_leaves_hands_the_room_to_an_admin() {
+    let s = spawn_server(|_| {}).await;
+    let mut alice = user(&s, "alice").await;
+    let mut bob = user(&s, "bob").await;
+    let _carol = user(&s, "carol").await;
+    alice.chat.create_room("lab").await.unwrap();
+    alice.chat.add("lab", &["bob".into(), "carol".into()]).await.unwrap();
+    alice.chat.set_role("lab", "carol", Role::Admin).await.unwrap();
+    bob.chat.catch_up().await.unwrap();
+    alice.chat.leave("lab").await.unwrap();
+    let roles: Vec<(String, Role)> =
+        bob.chat.members("lab").await.unwrap().into_iter().map(|m| (m.username, m.role)).collect();
+    assert_eq!(roles, [("bob".to_owned(), Role::Member), ("carol".to_owned(), Role::Owner)]);
+    let notices: Vec<String> = bob.history("lab").await.into_iter().map(|(_, _, t)| t).collect();
+    assert!(
+        notices.iter().any(|t| t == "alice left") && notices.iter().any(|t| t == "alice made carol owner")
+    );
+    s.stop().await;
+}
