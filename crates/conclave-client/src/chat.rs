@@ -601,6 +601,8 @@ impl Chat {
                 }
                 self.sync_room(&w.room).await
             }
+            // Our own presence is news to nobody here.
+            Event::Presence { user, .. } if user == self.account.username => Ok(Vec::new()),
             Event::Presence { room, user, online } => Ok(vec![Update::Presence { room, user, online }]),
             Event::KeyPackagesLow { .. } => {
                 self.ensure_key_packages().await?;
