@@ -49,6 +49,8 @@ pub enum Command {
     Send(SendArgs),
     /// Print a room's messages, decrypted; with --follow, then live.
     Tail(TailArgs),
+    /// Chat in a full-screen terminal UI.
+    Chat(ChatArgs),
     /// Server administration, run on the server machine.
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -195,6 +197,20 @@ pub struct TailArgs {
     pub json: bool,
 }
 
+/// `conclave chat`.
+#[derive(Debug, Args)]
+pub struct ChatArgs {
+    /// The room to open first (default: the first of your rooms).
+    pub room: Option<String>,
+    /// Do not ring the terminal bell when a message mentions you.
+    #[arg(long)]
+    pub no_bell: bool,
+    /// Write diagnostics (RUST_LOG levels, default warn) to this file; without
+    /// it the chat screen shows none.
+    #[arg(long, value_name = "FILE")]
+    pub log: Option<PathBuf>,
+}
+
 /// `conclave admin ...`.
 #[derive(Debug, Subcommand)]
 pub enum AdminCommand {
@@ -216,6 +232,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Room(cmd) => crate::rooms::room(&cli, cmd).await,
         Command::Send(args) => crate::rooms::send(&cli, args).await,
         Command::Tail(args) => crate::rooms::tail(&cli, args).await,
+        Command::Chat(args) => crate::tui::run(&cli, args).await,
         Command::ForgetServer { server } => crate::connect::forget(&cli, server.as_deref()),
         Command::Admin(AdminCommand::Invite { data }) => crate::admin::invite(data.clone()),
     }

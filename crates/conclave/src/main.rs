@@ -8,20 +8,39 @@ mod cli;
 mod connect;
 mod rooms;
 mod serve;
+mod tui;
 
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();
     let default_level = if matches!(cli.command, cli::Command::Serve(_)) { "info" } else { "warn" };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let filter = || {
+        tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level))
+    };
+    if let cli::Command::Chat(args) = &cli.command {
+        // Lines on stderr would garble the chat screen: a file, or nothing.
+        if let Some(path) = &args.log {
+            match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                Ok(file) => tracing_subscriber::fmt()
+                    .with_env_filter(filter())
+                    .with_writer(std::sync::Mutex::new(file))
+                    .with_ansi(false)
+                    .init(),
+                Err(e) => {
+                    eprintln!("error: cannot open the log file {}: {e}", path.display());
+                    return std::process::ExitCode::FAILURE;
+                }
+            }
+        }
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

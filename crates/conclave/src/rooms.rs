@@ -12,7 +12,7 @@ use crate::cli::{Cli, RoomCommand, SendArgs, TailArgs};
 use crate::connect::open_profile;
 
 /// Connects, authenticates, opens the MLS engine and catches up.
-async fn open_chat(cli: &Cli) -> anyhow::Result<(Chat, Vec<Update>)> {
+pub(crate) async fn open_chat(cli: &Cli) -> anyhow::Result<(Chat, Vec<Update>)> {
     let profile = open_profile(cli)?;
     let (_, conn) = authenticated(cli, &profile).await?;
     let account = conn.whoami().await?;

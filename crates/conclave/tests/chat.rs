@@ -1,0 +1,299 @@
+//! `conclave chat` end to end: a real `conclave serve` on a loopback port,
+//! the chat UI running in a pseudo-terminal (80×24) whose screen is parsed
+//! with vt100, and other users acting through the CLI (`send`, `tail`).
+//!
+//! Every wait is bounded (generous timeouts, for slow CI machines) and no
+//! assertion depends on how long anything took.
+
+// Test helpers panic on failure by design: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use portable_pty::{CommandBuilder, PtySize};
+
+const BIN: &str = env!("CARGO_BIN_EXE_conclave");
+
+/// How long any one wait may take before the test fails.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A `conclave serve` child process, killed when dropped.
+struct Served {
+    child: Child,
+    addr: String,
+    fingerprint: String,
+}
+
+impl Served {
+    fn start_on(data: &Path, listen: &str) -> Served {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--listen", listen, "--data"])
+            .arg(data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let listening = lines.next().unwrap().unwrap();
+        let addr = listening.strip_prefix("listening on ").unwrap().to_owned();
+        let fp_line = lines.next().unwrap().unwrap();
+        let fingerprint = fp_line.strip_prefix("fingerprint ").unwrap().to_owned();
+        assert!(fingerprint.starts_with("SHA256:"), "{fp_line}");
+        Served { child, addr, fingerprint }
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `conclave` with `args` in profile `profile`, feeding `stdin`.
+fn run(profile: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(BIN)
+        .arg("--profile")
+        .arg(profile)
+        .args(args)
+        .env_remove("CONCLAVE_SERVER")
+        .env_remove("CONCLAVE_PROFILE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "expected success, got {:?}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// A server with alice and bob registered and both in #lab (alice owns it).
+fn alice_and_bob_in_lab(dir: &Path) -> (Served, PathBuf, PathBuf) {
+    let s = Served::start_on(&dir.join("data"), "127.0.0.1:0");
+    let alice = dir.join("alice");
+    let bob = dir.join("bob");
+    for (profile, name, display) in [(&alice, "alice", "Alice"), (&bob, "bob", "Bob")] {
+        ok(&run(
+            profile,
+            &[
+                "--server",
+                &s.addr,
+                "--fingerprint",
+                &s.fingerprint,
+                "register",
+                name,
+                "--password-stdin",
+                "--display-name",
+                display,
+            ],
+            "correct horse\n",
+        ));
+    }
+    ok(&run(&alice, &["room", "create", "lab"], ""));
+    ok(&run(&alice, &["room", "add", "lab", "bob"], ""));
+    (s, alice, bob)
+}
+
+/// `conclave chat` in a pseudo-terminal, its output parsed into a screen.
+struct Pty {
+    child: Box<dyn portable_pty::Child + Send + Sync>,
+    writer: Box<dyn Write + Send>,
+    screen: Arc<Mutex<vt100::Parser>>,
+    _master: Box<dyn portable_pty::MasterPty + Send>,
+}
+
+impl Pty {
+    fn spawn(profile: &Path, args: &[&str]) -> Pty {
+        let pair = portable_pty::native_pty_system()
+            .openpty(PtySize { rows: 24, cols: 80, pixel_width: 0, pixel_height: 0 })
+            .unwrap();
+        let mut cmd = CommandBuilder::new(BIN);
+        cmd.arg("--profile");
+        cmd.arg(profile);
+        cmd.args(args);
+        cmd.env("TERM", "xterm-256color");
+        cmd.env_remove("CONCLAVE_SERVER");
+        cmd.env_remove("CONCLAVE_PROFILE");
+        cmd.env_remove("RUST_LOG");
+        let child = pair.slave.spawn_command(cmd).unwrap();
+        drop(pair.slave);
+        let mut reader = pair.master.try_clone_reader().unwrap();
+        let writer = pair.master.take_writer().unwrap();
+        let screen = Arc::new(Mutex::new(vt100::Parser::new(24, 80, 0)));
+        let feed = screen.clone();
+        // Drain the terminal continuously so the child never blocks writing.
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => feed.lock().unwrap().process(&buf[..n]),
+                }
+            }
+        });
+        Pty { child, writer, screen, _master: pair.master }
+    }
+
+    fn contents(&self) -> String {
+        self.screen.lock().unwrap().screen().contents()
+    }
+
+    /// Waits until `check` holds for the screen, or fails showing it.
+    fn wait_for(&mut self, what: &str, check: impl Fn(&vt100::Screen) -> bool) {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if check(self.screen.lock().unwrap().screen()) {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "conclave chat exited ({status:?}) while waiting for {what}; screen:\n{}",
+                    self.contents()
+                );
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; screen:\n{}", self.contents());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_text(&mut self, text: &str) {
+        let owned = text.to_owned();
+        self.wait_for(text, move |s| s.contents().contains(&owned));
+    }
+
+    fn type_text(&mut self, text: &str) {
+        self.writer.write_all(text.as_bytes()).unwrap();
+        self.writer.flush().unwrap();
+    }
+
+    /// Waits for the process to end; returns whether it exited with 0.
+    fn wait_exit(&mut self) -> bool {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            assert!(Instant::now() < deadline, "conclave chat did not exit; screen:\n{}", self.contents());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Pty {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The issue's story: type a message that bob's `tail` shows, see bob's
+/// `send` arrive live (with a bell: it mentions alice), paste two lines as
+/// one message, and `/quit` with the terminal put back.
+#[test]
+fn chat_sends_receives_and_quits_in_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, alice, bob) = alice_and_bob_in_lab(dir.path());
+
+    let mut pty = Pty::spawn(&alice, &["chat", "lab"]);
+    pty.wait_text("connected as alice");
+    pty.wait_text("#lab>");
+    pty.wait_for("the terminal set up", |s| {
+        s.alternate_screen()
+            && s.bracketed_paste()
+            && s.mouse_protocol_mode() != vt100::MouseProtocolMode::None
+    });
+    assert!(pty.contents().contains("bob joined #lab"), "{}", pty.contents());
+
+    // Alice types; the line is acknowledged (no longer pending), and bob reads it.
+    pty.type_text("hello from the terminal 🎉\r");
+    pty.wait_text("Alice: hello from the terminal 🎉");
+    pty.wait_for("the message acknowledged", |s| !s.contents().contains("sending"));
+    let tail = ok(&run(&bob, &["tail", "lab"], ""));
+    assert!(tail.contains("<Alice> hello from the terminal 🎉"), "{tail}");
+
+    // Bob sends; it appears live, and the mention rings the bell.
+    let bells = pty.screen.lock().unwrap().screen().audible_bell_count();
+    ok(&run(&bob, &["send", "lab", "hi alice from cli"], ""));
+    pty.wait_text("Bob: hi alice from cli");
+    pty.wait_for("the bell", move |s| s.audible_bell_count() > bells);
+
+    // A bracketed paste of two lines is one message.
+    pty.type_text("\x1b[200~first pasted line\nsecond pasted line\x1b[201~\r");
+    pty.wait_text("second pasted line");
+    pty.wait_for("the paste acknowledged", |s| !s.contents().contains("sending"));
+    let tail = ok(&run(&bob, &["tail", "lab", "--json"], ""));
+    assert!(tail.contains(r#""text":"first pasted line\nsecond pasted line""#), "{tail}");
+
+    // An unknown command is a line in the status area, not a crash.
+    pty.type_text("/frobnicate\r");
+    pty.wait_text("unknown command /frobnicate");
+
+    pty.type_text("/quit\r");
+    assert!(pty.wait_exit(), "conclave chat should exit 0; screen:\n{}", pty.contents());
+    let parser = pty.screen.lock().unwrap();
+    let screen = parser.screen();
+    assert!(!screen.alternate_screen(), "left the alternate screen");
+    assert!(!screen.bracketed_paste(), "bracketed paste turned off");
+    assert_eq!(screen.mouse_protocol_mode(), vt100::MouseProtocolMode::None, "mouse capture turned off");
+    drop(parser);
+    s.stop();
+}
+
+/// Network loss: the server goes away, the UI says so, a message typed
+/// meanwhile is queued, and after the server is back it is sent; what bob
+/// said meanwhile shows too, in the log's order.
+#[test]
+fn chat_survives_the_server_going_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, alice, bob) = alice_and_bob_in_lab(dir.path());
+    let addr = s.addr.clone();
+
+    let mut pty = Pty::spawn(&alice, &["chat", "lab", "--no-bell"]);
+    pty.wait_text("connected as alice");
+    s.stop();
+    pty.wait_text("reconnecting");
+    pty.type_text("typed while offline\r");
+    pty.wait_text("queued:");
+
+    let s = Served::start_on(&dir.path().join("data"), &addr);
+    ok(&run(&bob, &["send", "lab", "bob said this meanwhile"], ""));
+    pty.wait_text("connected as alice");
+    pty.wait_text("Bob: bob said this meanwhile");
+    pty.wait_for("the queued message sent", |s| {
+        s.contents().contains("Alice: typed while offline") && !s.contents().contains("queued:")
+    });
+    let tail = ok(&run(&bob, &["tail", "lab"], ""));
+    let screen = pty.contents();
+    let order = |text: &str| {
+        let bob = text.find("bob said this meanwhile").expect(text);
+        let alice = text.find("typed while offline").expect(text);
+        bob < alice
+    };
+    assert_eq!(order(&screen), order(&tail), "the screen shows the log's order:\n{screen}\n{tail}");
+
+    pty.type_text("\x03"); // Ctrl+C
+    assert!(pty.wait_exit(), "Ctrl+C exits 0; screen:\n{}", pty.contents());
+    s.stop();
+}
