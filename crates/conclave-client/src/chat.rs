@@ -520,7 +520,16 @@ impl Chat {
         // 63 random bits: ids are stored as SQLite's signed integers.
         let client_msg_id = rand::Rng::gen::<u64>(&mut rand::rngs::OsRng) >> 1;
         self.engine.queue_outgoing(&room, client_msg_id, text).map_err(mls)?;
-        let seq = self.deliver(&room, client_msg_id, text).await?;
+        let seq = match self.deliver(&room, client_msg_id, text).await {
+            Ok(seq) => seq,
+            // Connection trouble: it stays queued and goes out on reconnect.
+            Err(e) if e.is_transient() => return Err(e),
+            Err(e) => {
+                // Refused for good: keeping it queued would retry it forever.
+                self.engine.drop_outgoing(client_msg_id).map_err(mls)?;
+                return Err(e);
+            }
+        };
         self.sync_room(&room).await?;
         Ok(seq)
     }
@@ -543,7 +552,14 @@ impl Chat {
             }
             self.sync_room(&room).await?;
             for (id, text) in self.engine.pending_outgoing(&room).map_err(mls)? {
-                self.deliver(&room, id, &text).await?;
+                match self.deliver(&room, id, &text).await {
+                    Ok(_) => {}
+                    Err(e) if e.is_transient() => return Err(e),
+                    Err(e) => {
+                        tracing::warn!(%room, error = %e, "a queued message could not be sent and was dropped");
+                        self.engine.drop_outgoing(id).map_err(mls)?;
+                    }
+                }
             }
             self.sync_room(&room).await?;
         }

@@ -70,6 +70,18 @@ pub enum ClientError {
 }
 
 impl ClientError {
+    /// Whether retrying later may succeed: the connection failed, not the
+    /// request itself.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ClientError::Connect { .. } | ClientError::Tls { .. } | ClientError::Closed(_) => true,
+            ClientError::Server(e) => {
+                matches!(e.code, ErrorCode::SHUTTING_DOWN | ErrorCode::SLOW_CONSUMER | ErrorCode::INTERNAL)
+            }
+            _ => false,
+        }
+    }
+
     /// The server's error code, if the server refused something.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {

@@ -353,6 +353,15 @@ impl Engine {
         Ok(())
     }
 
+    /// Drops a queued message the server refused for good (it will never be
+    /// in the log, and re-sending it would fail again).
+    pub fn drop_outgoing(&mut self, client_msg_id: u64) -> Result<(), EngineError> {
+        self.conn
+            .execute("DELETE FROM outgoing WHERE client_msg_id = ?1", params![client_msg_id])
+            .map_err(sql("dropping an outgoing message"))?;
+        Ok(())
+    }
+
     /// Our own messages for `room` not yet seen in its log, oldest id first.
     pub fn pending_outgoing(&self, room: &str) -> Result<Vec<(u64, String)>, EngineError> {
         let mut stmt = self
