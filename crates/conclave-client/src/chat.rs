@@ -207,6 +207,14 @@ impl Chat {
             }
             updates.extend(self.sync_room(&summary.name).await?);
         }
+        // Rooms this device still holds but its user left or was removed
+        // from while it was away: syncing reads the removal, or learns that
+        // the room is gone, and forgets it.
+        for room in self.engine.rooms().map_err(mls)? {
+            if !rooms.iter().any(|r| r.name == room) && self.engine.has_group(&room) {
+                updates.extend(self.sync_room(&room).await?);
+            }
+        }
         Ok(updates)
     }
 
@@ -551,6 +559,10 @@ impl Chat {
                 continue;
             }
             self.sync_room(&room).await?;
+            if !self.engine.has_group(&room) {
+                // Removed meanwhile: its queue went with the room.
+                continue;
+            }
             for (id, text) in self.engine.pending_outgoing(&room).map_err(mls)? {
                 match self.deliver(&room, id, &text).await {
                     Ok(_) => {}

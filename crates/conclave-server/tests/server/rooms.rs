@@ -505,3 +505,27 @@ async fn an_owner_who_leaves_hands_the_room_to_an_admin() {
     );
     s.stop().await;
 }
+
+#[tokio::test]
+async fn a_queued_message_that_can_no_longer_go_out_does_not_block_the_device() {
+    let s = spawn_server(|_| {}).await;
+    let mut alice = user(&s, "alice").await;
+    let mut bob = user(&s, "bob").await;
+    alice.chat.create_room("lab").await.unwrap();
+    alice.chat.add("lab", &["bob".into()]).await.unwrap();
+    bob.chat.catch_up().await.unwrap();
+    // Bob queues a line (as the TUI does while offline), then is removed.
+    bob.chat.queue_message("lab", "typed while offline").unwrap();
+    alice.chat.remove("lab", &["bob".into()]).await.unwrap();
+    bob.reconnect(&s).await;
+    bob.chat.resend_pending().await.unwrap();
+    assert!(bob.chat.list_rooms().await.unwrap().is_empty());
+    assert!(!alice.messages("lab").await.iter().any(|m| m.contains("typed while offline")));
+
+    // A queued line for a room still joined goes out after reconnecting.
+    alice.chat.queue_message("lab", "queued by alice").unwrap();
+    alice.reconnect(&s).await;
+    alice.chat.resend_pending().await.unwrap();
+    assert_eq!(alice.messages("lab").await, ["alice: queued by alice"]);
+    s.stop().await;
+}
