@@ -174,10 +174,8 @@ fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ServerError> {
         match bind_one(addr) {
             Ok(l) => listeners.push(l),
             // A machine without IPv6 still serves IPv4 under the default pair.
-            Err(e)
-                if addr.is_ipv6() && addrs.len() > 1 && e.kind() == std::io::ErrorKind::AddrNotAvailable =>
-            {
-                tracing::warn!(%addr, error = %e, "IPv6 unavailable; skipping");
+            Err(e) if addr.is_ipv6() && addr.ip().is_unspecified() && addrs.len() > 1 => {
+                tracing::warn!(%addr, error = %e, "cannot listen on IPv6; serving IPv4 only");
             }
             Err(source) => return Err(ServerError::Bind { addr, source }),
         }
