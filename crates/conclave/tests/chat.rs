@@ -8,88 +8,23 @@
 // Test helpers panic on failure by design: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use portable_pty::{CommandBuilder, PtySize};
 
-const BIN: &str = env!("CARGO_BIN_EXE_conclave");
+mod common;
+
+use common::{ok, run, Served, BIN};
 
 /// How long any one wait may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// A `conclave serve` child process, killed when dropped.
-struct Served {
-    child: Child,
-    addr: String,
-    fingerprint: String,
-}
-
-impl Served {
-    fn start_on(data: &Path, listen: &str) -> Served {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", listen, "--data"])
-            .arg(data)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let listening = lines.next().unwrap().unwrap();
-        let addr = listening.strip_prefix("listening on ").unwrap().to_owned();
-        let fp_line = lines.next().unwrap().unwrap();
-        let fingerprint = fp_line.strip_prefix("fingerprint ").unwrap().to_owned();
-        assert!(fingerprint.starts_with("SHA256:"), "{fp_line}");
-        Served { child, addr, fingerprint }
-    }
-
-    fn stop(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs `conclave` with `args` in profile `profile`, feeding `stdin`.
-fn run(profile: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(BIN)
-        .arg("--profile")
-        .arg(profile)
-        .args(args)
-        .env_remove("CONCLAVE_SERVER")
-        .env_remove("CONCLAVE_PROFILE")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "expected success, got {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
 /// A server with alice and bob registered and both in #lab (alice owns it).
 fn alice_and_bob_in_lab(dir: &Path) -> (Served, PathBuf, PathBuf) {
-    let s = Served::start_on(&dir.join("data"), "127.0.0.1:0");
+    let s = Served::start_on(&dir.join("data"), "127.0.0.1:0", &[]);
     let alice = dir.join("alice");
     let bob = dir.join("bob");
     for (profile, name, display) in [(&alice, "alice", "Alice"), (&bob, "bob", "Bob")] {
@@ -277,7 +212,7 @@ fn chat_survives_the_server_going_away() {
     pty.type_text("typed while offline\r");
     pty.wait_text("queued:");
 
-    let s = Served::start_on(&dir.path().join("data"), &addr);
+    let s = Served::start_on(&dir.path().join("data"), &addr, &[]);
     ok(&run(&bob, &["send", "lab", "bob said this meanwhile"], ""));
     pty.wait_text("connected as alice");
     pty.wait_text("Bob: bob said this meanwhile");

@@ -5,95 +5,12 @@
 // Test helpers panic on failure by design: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Write};
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_conclave");
-
-/// A `conclave serve` child process, killed when dropped.
-struct Served {
-    child: Child,
-    addr: String,
-    fingerprint: String,
-}
-
-impl Served {
-    fn start(data: &Path, extra: &[&str]) -> Served {
-        Self::start_on(data, "127.0.0.1:0", extra)
-    }
-
-    fn start_on(data: &Path, listen: &str, extra: &[&str]) -> Served {
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", listen, "--data"])
-            .arg(data)
-            .args(extra)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let listening = lines.next().unwrap().unwrap();
-        let addr = listening.strip_prefix("listening on ").unwrap().to_owned();
-        let fp_line = lines.next().unwrap().unwrap();
-        let fingerprint = fp_line.strip_prefix("fingerprint ").unwrap().to_owned();
-        assert!(fingerprint.starts_with("SHA256:"), "{fp_line}");
-        Served { child, addr, fingerprint }
-    }
-
-    fn stop(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Runs `conclave` with `args` in profile `profile`, feeding `stdin`.
-fn run(profile: &Path, args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(BIN)
-        .arg("--profile")
-        .arg(profile)
-        .args(args)
-        .env_remove("CONCLAVE_SERVER")
-        .env_remove("CONCLAVE_PROFILE")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "expected success, got {:?}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-/// Asserts failure with exactly one line on stderr, and returns it.
-fn fails(out: &Output) -> String {
-    assert!(!out.status.success(), "expected failure, got success: {}", String::from_utf8_lossy(&out.stdout));
-    let err = String::from_utf8(out.stderr.clone()).unwrap();
-    assert_eq!(err.trim_end().lines().count(), 1, "one line on stderr, got: {err}");
-    assert!(err.starts_with("error: "), "{err}");
-    err
-}
-
-fn profile(dir: &tempfile::TempDir, name: &str) -> PathBuf {
-    dir.path().join(name)
-}
+use common::{fails, ok, profile, run, Served, BIN};
 
 #[test]
 fn register_whoami_and_a_second_device() {
