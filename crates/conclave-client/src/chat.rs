@@ -82,6 +82,20 @@ fn leaves_of(
         .collect())
 }
 
+/// A message text must be non-blank and at most 64 KiB.
+fn check_text(text: &str) -> Result<(), ClientError> {
+    if text.len() > MAX_MESSAGE_BYTES {
+        return Err(ClientError::Invalid(format!(
+            "message too large: {} bytes, at most {MAX_MESSAGE_BYTES}",
+            text.len()
+        )));
+    }
+    if text.trim().is_empty() {
+        return Err(ClientError::Invalid("the message is empty".into()));
+    }
+    Ok(())
+}
+
 fn room_name(raw: &str) -> Result<String, ClientError> {
     validate_room_name(raw).map_err(ClientError::Invalid)
 }
@@ -508,15 +522,7 @@ impl Chat {
     /// that could not be sent stays queued and is sent by [`Chat::resend_pending`].
     pub async fn send(&mut self, raw: &str, text: &str) -> Result<u64, ClientError> {
         let room = room_name(raw)?;
-        if text.len() > MAX_MESSAGE_BYTES {
-            return Err(ClientError::Invalid(format!(
-                "message too large: {} bytes, at most {MAX_MESSAGE_BYTES}",
-                text.len()
-            )));
-        }
-        if text.trim().is_empty() {
-            return Err(ClientError::Invalid("the message is empty".into()));
-        }
+        check_text(text)?;
         if !self.engine.has_group(&room) {
             self.catch_up().await?;
             if !self.engine.has_group(&room) {
@@ -649,15 +655,7 @@ impl Chat {
     /// Returns the message's client id.
     pub fn queue_message(&mut self, raw: &str, text: &str) -> Result<u64, ClientError> {
         let room = room_name(raw)?;
-        if text.len() > MAX_MESSAGE_BYTES {
-            return Err(ClientError::Invalid(format!(
-                "message too large: {} bytes, at most {MAX_MESSAGE_BYTES}",
-                text.len()
-            )));
-        }
-        if text.trim().is_empty() {
-            return Err(ClientError::Invalid("the message is empty".into()));
-        }
+        check_text(text)?;
         if !self.engine.has_group(&room) {
             return Err(ClientError::Invalid(format!("not a member of #{room}")));
         }
