@@ -94,7 +94,7 @@ codes! {
     ALREADY_MEMBER = 207, "already_member";
     /// A message is over the size limit.
     MESSAGE_TOO_LARGE = 208, "message_too_large";
-    /// A configured limit was reached (rooms per user, members per room, …).
+    /// A limit was reached (for example KeyPackages kept per device).
     LIMIT_REACHED = 209, "limit_reached";
 }
 

@@ -187,11 +187,9 @@ pub enum Event {
 /// optional leading `#` dropped.
 pub fn validate_room_name(raw: &str) -> Result<String, String> {
     let name = raw.strip_prefix('#').unwrap_or(raw).to_ascii_lowercase();
-    if name.is_empty() || name.len() > MAX_ROOM_NAME_LEN {
-        return Err(format!(
-            "room name must be 1 to {MAX_ROOM_NAME_LEN} characters, got {}",
-            name.chars().count()
-        ));
+    let chars = name.chars().count();
+    if chars == 0 || chars > MAX_ROOM_NAME_LEN {
+        return Err(format!("room name must be 1 to {MAX_ROOM_NAME_LEN} characters, got {chars}"));
     }
     if let Some(bad) =
         name.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-')))
@@ -213,6 +211,7 @@ mod tests {
         assert!(validate_room_name("#").is_err());
         assert!(validate_room_name(&"r".repeat(65)).is_err());
         assert!(validate_room_name("la b").unwrap_err().contains("' '"));
+        assert!(validate_room_name(&"é".repeat(40)).unwrap_err().contains("may contain only"));
     }
 
     #[test]
