@@ -20,6 +20,26 @@ pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
 /// Failed logins allowed per account and per address before backoff starts.
 pub const DEFAULT_FREE_LOGIN_FAILURES: u32 = 5;
 
+/// Default cap on connections from one source address (a NAT may hide a
+/// whole office behind one address, so it is generous).
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
+
+/// Default requests per second on one connection (bursts of twice that).
+pub const DEFAULT_REQUESTS_PER_SECOND: u32 = 5_000;
+
+/// Default messages per second from one user, over all their devices.
+pub const DEFAULT_MESSAGES_PER_SECOND: u32 = 1_000;
+
+/// Default number of rooms one user may be a member of.
+pub const DEFAULT_MAX_ROOMS_PER_USER: usize = 1_000;
+
+/// Default number of members in one room (MLS costs grow with it: adding one
+/// member to a 1,000-member group takes about 0.1 s on the committer).
+pub const DEFAULT_MAX_MEMBERS_PER_ROOM: usize = 5_000;
+
+/// Default number of single-use KeyPackages kept per device.
+pub const DEFAULT_MAX_KEY_PACKAGES: u32 = 1_000;
+
 /// Who may create an account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RegistrationPolicy {
@@ -68,6 +88,18 @@ pub struct Config {
     pub argon2_threads: usize,
     /// Failed logins per account and per address before backoff starts.
     pub free_login_failures: u32,
+    /// Connections from one source address.
+    pub max_connections_per_address: usize,
+    /// Requests per second on one connection.
+    pub requests_per_second: u32,
+    /// Messages per second from one user.
+    pub messages_per_second: u32,
+    /// Rooms one user may be a member of.
+    pub max_rooms_per_user: usize,
+    /// Members in one room.
+    pub max_members_per_room: usize,
+    /// Single-use KeyPackages kept per device.
+    pub max_key_packages: u32,
 }
 
 impl Config {
@@ -84,6 +116,12 @@ impl Config {
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
             argon2_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             free_login_failures: DEFAULT_FREE_LOGIN_FAILURES,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            requests_per_second: DEFAULT_REQUESTS_PER_SECOND,
+            messages_per_second: DEFAULT_MESSAGES_PER_SECOND,
+            max_rooms_per_user: DEFAULT_MAX_ROOMS_PER_USER,
+            max_members_per_room: DEFAULT_MAX_MEMBERS_PER_ROOM,
+            max_key_packages: DEFAULT_MAX_KEY_PACKAGES,
         }
     }
 

@@ -21,6 +21,7 @@ mod conn;
 pub mod fs;
 mod handlers;
 mod hub;
+mod limits;
 mod log_writer;
 pub mod mls;
 mod password;
@@ -49,4 +50,6 @@ pub(crate) struct Shared {
     hub: hub::Hub,
     rooms: rooms::Rooms,
     log_writer: log_writer::LogWriter,
+    per_address: Arc<limits::PerAddress>,
+    message_rates: limits::Keyed<store::UserId>,
 }

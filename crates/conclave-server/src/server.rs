@@ -84,6 +84,7 @@ impl Server {
         let store: Arc<dyn Store> = Arc::new(store);
         let log_writer = crate::log_writer::LogWriter::spawn(store.clone())
             .map_err(|e| ServerError::Setup(format!("cannot start the log writer: {e}")))?;
+        let message_rates = crate::limits::Keyed::new(config.messages_per_second);
         let shared = Arc::new(Shared {
             throttle: throttle::Throttle::new(config.free_login_failures),
             config,
@@ -91,6 +92,8 @@ impl Server {
             hub: Default::default(),
             rooms: Default::default(),
             log_writer,
+            per_address: Default::default(),
+            message_rates,
             acceptor: tokio_rustls::TlsAcceptor::from(tls_config),
             hasher,
             active: AtomicUsize::new(0),
@@ -154,11 +157,18 @@ async fn accept_loop(
             drop(tcp);
             continue;
         };
+        let Some(slot) = shared.per_address.try_acquire(peer.ip(), shared.config.max_connections_per_address)
+        else {
+            tracing::warn!(%peer, max = shared.config.max_connections_per_address, "connection refused: too many from this address");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let shared2 = shared.clone();
         let shutdown = shutdown.clone();
         shared.tracker.spawn(async move {
             let _permit = permit;
+            let _slot = slot;
             let _active = ActiveGuard::new(shared2.clone(), peer);
             session::serve(shared2, tcp, peer, shutdown).await;
         });

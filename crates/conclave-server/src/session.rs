@@ -68,6 +68,8 @@ struct Session {
     kick: CancellationToken,
     /// Set once the session asked for live events.
     subscribed: Option<DeviceAccount>,
+    /// Requests per second on this connection.
+    requests: crate::limits::RateLimit,
 }
 
 /// Serves one accepted TCP connection until it closes.
@@ -102,6 +104,7 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdo
         conn: shared.hub.next_conn(),
         kick: CancellationToken::new(),
         subscribed: None,
+        requests: crate::limits::RateLimit::new(shared.config.requests_per_second, std::time::Instant::now()),
     };
     let mut state = State::AwaitingHello;
 
@@ -316,6 +319,18 @@ impl Session {
                 Flow::Close(state)
             }
             (state, ClientFrame::Request { id, body }) => {
+                if !self.requests.allow(std::time::Instant::now()) {
+                    let limit = self.shared.config.requests_per_second;
+                    let error = ErrorBody::new(
+                        ErrorCode::LIMIT_REACHED,
+                        format!("too many requests: at most {limit} a second on one connection; slow down"),
+                    );
+                    return if self.reply(id, Err(error)) {
+                        Flow::Continue(state)
+                    } else {
+                        Flow::Close(state)
+                    };
+                }
                 let (next, result) = self.dispatch(state, body).await;
                 if self.reply(id, result) {
                     Flow::Continue(next)

@@ -86,6 +86,27 @@ pub struct ServeArgs {
     /// Failed logins allowed per account and per address before backoff.
     #[arg(long, default_value_t = conclave_server::config::DEFAULT_FREE_LOGIN_FAILURES)]
     pub free_login_failures: u32,
+    /// Most connections from one source address.
+    #[arg(long, default_value_t = conclave_server::config::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)]
+    pub max_connections_per_address: usize,
+    /// Requests per second allowed on one connection (bursts of twice that).
+    #[arg(long, default_value_t = conclave_server::config::DEFAULT_REQUESTS_PER_SECOND)]
+    pub requests_per_second: u32,
+    /// Messages per second allowed from one user (bursts of twice that).
+    #[arg(long, default_value_t = conclave_server::config::DEFAULT_MESSAGES_PER_SECOND)]
+    pub messages_per_second: u32,
+    /// Rooms one user may be a member of.
+    #[arg(long, default_value_t = conclave_server::config::DEFAULT_MAX_ROOMS_PER_USER)]
+    pub max_rooms_per_user: usize,
+    /// Members one room may have.
+    #[arg(long, default_value_t = conclave_server::config::DEFAULT_MAX_MEMBERS_PER_ROOM)]
+    pub max_members_per_room: usize,
+    /// Single-use KeyPackages kept per device.
+    #[arg(long, default_value_t = conclave_server::config::DEFAULT_MAX_KEY_PACKAGES)]
+    pub max_key_packages: u32,
+    /// Frames queued for one connection before it counts as too slow.
+    #[arg(long, default_value_t = conclave_server::config::DEFAULT_OUTBOUND_QUEUE)]
+    pub outbound_queue: usize,
 }
 
 /// Registration policy.

@@ -27,6 +27,23 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
     config.max_connections = args.max_connections;
     config.handshake_timeout = std::time::Duration::from_secs(args.handshake_timeout);
     config.free_login_failures = args.free_login_failures.max(1);
+    for (value, flag) in [
+        (args.max_connections_per_address, "--max-connections-per-address"),
+        (args.requests_per_second as usize, "--requests-per-second"),
+        (args.messages_per_second as usize, "--messages-per-second"),
+        (args.max_rooms_per_user, "--max-rooms-per-user"),
+        (args.max_members_per_room, "--max-members-per-room"),
+        (args.outbound_queue, "--outbound-queue"),
+    ] {
+        anyhow::ensure!(value >= 1, "{flag} must be at least 1");
+    }
+    config.max_connections_per_address = args.max_connections_per_address;
+    config.requests_per_second = args.requests_per_second;
+    config.messages_per_second = args.messages_per_second;
+    config.max_rooms_per_user = args.max_rooms_per_user;
+    config.max_members_per_room = args.max_members_per_room;
+    config.max_key_packages = args.max_key_packages;
+    config.outbound_queue = args.outbound_queue;
     config.registration = match args.registration {
         Registration::Open => RegistrationPolicy::Open,
         Registration::Token => RegistrationPolicy::Token,

@@ -8,9 +8,6 @@ use conclave_proto::{ErrorBody, ErrorCode, Response};
 use crate::store::DeviceAccount;
 use crate::Shared;
 
-/// Single-use KeyPackages a device may keep on the server.
-pub const MAX_KEY_PACKAGES: u32 = 1000;
-
 /// Most KeyPackages accepted in one upload.
 pub const MAX_UPLOAD: usize = 200;
 
@@ -56,9 +53,10 @@ pub async fn upload(
     }
     let store = shared.store.clone();
     let (user, device) = (from.user, from.device);
+    let max = shared.config.max_key_packages;
     let available = crate::blocking::run(move || {
         let have = store.key_package_count(user, device)?;
-        if have as usize + key_packages.len() > MAX_KEY_PACKAGES as usize {
+        if have as usize + key_packages.len() > max as usize {
             return Ok(Err(have));
         }
         store.store_key_packages(user, device, &key_packages, last_resort.as_deref()).map(Ok)
@@ -68,7 +66,7 @@ pub async fn upload(
     .map_err(|have| {
         ErrorBody::new(
             ErrorCode::LIMIT_REACHED,
-            format!("this device already has {have} KeyPackages on the server (limit {MAX_KEY_PACKAGES})"),
+            format!("this device already has {have} KeyPackages on the server (limit {max})"),
         )
     })?;
     Ok(Response::KeyPackageCount { available })

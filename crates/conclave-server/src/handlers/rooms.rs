@@ -63,6 +63,16 @@ pub async fn create(
     if only.identity != from.identity() || only.signature_key != from.key.0 {
         return Err(ErrorBody::new(ErrorCode::INVALID_MLS, "the group's only member must be this device"));
     }
+    let store = shared.store.clone();
+    let user = from.user;
+    let rooms_now =
+        crate::blocking::run(move || store.rooms_of_user(user)).await?.map_err(super::store_error)?;
+    if rooms_now.len() >= shared.config.max_rooms_per_user {
+        return Err(ErrorBody::new(
+            ErrorCode::LIMIT_REACHED,
+            format!("you are in {} rooms, the most this server allows; leave one first", rooms_now.len()),
+        ));
+    }
     let created = conclave_proto::LogEntry {
         seq: 1,
         time_ms: now_ms(),
@@ -125,6 +135,13 @@ pub async fn send(
     client_msg_id: u64,
     ciphertext: Vec<u8>,
 ) -> Result<Response, ErrorBody> {
+    if !shared.message_rates.allow(from.user, std::time::Instant::now()) {
+        let limit = shared.config.messages_per_second;
+        return Err(ErrorBody::new(
+            ErrorCode::LIMIT_REACHED,
+            format!("too many messages: at most {limit} a second from one user; slow down"),
+        ));
+    }
     let (_, handle) = room(shared, name).await?;
     let seq =
         handle.ask(|reply| RoomCmd::Send { from: from.clone(), client_msg_id, ciphertext, reply }).await?;

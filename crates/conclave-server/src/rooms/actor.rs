@@ -467,11 +467,28 @@ impl RoomActor {
             }
             names.push(name);
         }
+        let max_members = self.shared.config.max_members_per_room;
+        if self.members.len() + names.len() > max_members {
+            return Err(ErrorBody::new(
+                ErrorCode::LIMIT_REACHED,
+                format!(
+                    "#{} would have more than {max_members} members, the most this server allows",
+                    self.name
+                ),
+            ));
+        }
+        let max_rooms = self.shared.config.max_rooms_per_user;
         let store = self.shared.store.clone();
         let claimed = crate::blocking::run(move || {
             let mut ids = Vec::new();
             for name in &names {
                 match store.user_by_name(name)? {
+                    Some((id, _)) if store.rooms_of_user(id)?.len() >= max_rooms => {
+                        return Ok(Err(ErrorBody::new(
+                            ErrorCode::LIMIT_REACHED,
+                            format!("{name} is in {max_rooms} rooms, the most this server allows"),
+                        )));
+                    }
                     Some((id, _)) => ids.push((id, name.clone())),
                     None => return Ok(Err(ErrorBody::new(ErrorCode::NO_SUCH_USER, format!("there is no user named {name}")))),
                 }

@@ -529,3 +529,72 @@ async fn a_queued_message_that_can_no_longer_go_out_does_not_block_the_device() 
     assert_eq!(alice.messages("lab").await, ["alice: queued by alice"]);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn limits_refuse_with_a_clear_error() {
+    let s = spawn_server(|c| {
+        c.max_members_per_room = 2;
+        c.max_rooms_per_user = 2;
+        c.messages_per_second = 1;
+    })
+    .await;
+    let mut alice = user(&s, "alice").await;
+    let _bob = user(&s, "bob").await;
+    let _carol = user(&s, "carol").await;
+    alice.chat.create_room("one").await.unwrap();
+    alice.chat.create_room("two").await.unwrap();
+    let e = alice.chat.create_room("three").await.unwrap_err();
+    assert_eq!(code(&e), ErrorCode::LIMIT_REACHED);
+    assert!(e.to_string().contains("the most this server allows"), "{e}");
+
+    alice.chat.add("one", &["bob".into()]).await.unwrap();
+    let e = alice.chat.add("one", &["carol".into()]).await.unwrap_err();
+    assert_eq!(code(&e), ErrorCode::LIMIT_REACHED);
+    assert!(e.to_string().contains("more than 2 members"), "{e}");
+
+    // One message a second, bursts of two: the third in a row is refused.
+    alice.chat.send("two", "a").await.unwrap();
+    alice.chat.send("two", "b").await.unwrap();
+    let e = alice.chat.send("two", "c").await.unwrap_err();
+    assert_eq!(code(&e), ErrorCode::LIMIT_REACHED);
+    assert!(e.to_string().starts_with("too many messages"), "{e}");
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn connections_per_address_are_capped() {
+    let s = spawn_server(|c| c.max_connections_per_address = 2).await;
+    let alice = user(&s, "alice").await; // holds one connection
+    let second = s.connect().await;
+    second.authenticate(&alice.device).await.unwrap();
+    assert!(conclave_client::connect_tls(&s.addr, Some(&s.fingerprint)).await.is_err(), "a third is refused");
+    drop(second);
+    // The slot comes back once the connection is gone.
+    let mut again = None;
+    for _ in 0..100 {
+        if let Ok(tls) = conclave_client::connect_tls(&s.addr, Some(&s.fingerprint)).await {
+            again = Some(tls.hello().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    again.expect("a slot is released").authenticate(&alice.device).await.unwrap();
+    s.stop().await;
+}
+
+#[tokio::test]
+async fn requests_per_connection_are_rate_limited() {
+    let s = spawn_server(|c| c.requests_per_second = 5).await;
+    let alice = user(&s, "alice").await;
+    let conn = s.connect().await;
+    conn.authenticate(&alice.device).await.unwrap();
+    let answers = futures::future::join_all((0..30).map(|_| conn.request(Request::Ping))).await;
+    let refused =
+        answers.iter().filter(|a| a.as_ref().is_err_and(|e| code(e) == ErrorCode::LIMIT_REACHED)).count();
+    assert!(refused >= 10, "a burst of 30 at 5/s (bursts of 10) must be partly refused, {refused} were");
+    assert!(answers.iter().any(|a| matches!(a, Ok(Response::Pong))));
+    // The connection stays usable.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(conn.request(Request::Ping).await.unwrap(), Response::Pong);
+    s.stop().await;
+}
