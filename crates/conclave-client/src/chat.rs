@@ -241,26 +241,13 @@ impl Chat {
                 other => return Err(unexpected(other)),
             };
             let out = self.engine.join_external(room, &group_info).map_err(mls)?;
-            let req = Request::Commit {
-                room: room.to_owned(),
-                commit: out.commit,
-                welcome: out.welcome,
-                group_info: out.group_info,
-            };
-            match self.conn.request(req).await {
-                Ok(Response::Accepted { seq }) => {
-                    self.engine.merge_pending(room).map_err(mls)?;
+            match self.submit(room, out).await {
+                Ok(seq) => {
                     self.engine.set_last_seq(room, seq).map_err(mls)?;
                     return Ok(());
                 }
-                Ok(other) => return Err(unexpected(other)),
-                Err(e) if e.code() == Some(ErrorCode::STALE_EPOCH) => {
-                    self.engine.discard_pending(room).map_err(mls)?;
-                }
-                Err(e) => {
-                    let _ = self.engine.discard_pending(room);
-                    return Err(e);
-                }
+                Err(e) if e.code() == Some(ErrorCode::STALE_EPOCH) => {}
+                Err(e) => return Err(e),
             }
         }
         Err(ClientError::Invalid(format!("could not join #{room}: the room kept changing; try again")))
@@ -420,6 +407,32 @@ impl Chat {
         .map(drop)
     }
 
+    /// Submits a pending commit: merged when the server accepts it (its
+    /// sequence number is returned), dropped when the server refuses it.
+    async fn submit(&mut self, room: &str, out: crate::engine::Outgoing) -> Result<u64, ClientError> {
+        let req = Request::Commit {
+            room: room.to_owned(),
+            commit: out.commit,
+            welcome: out.welcome,
+            group_info: out.group_info,
+        };
+        match self.conn.request(req).await {
+            Ok(Response::Accepted { seq }) => {
+                self.engine.merge_pending(room).map_err(mls)?;
+                Ok(seq)
+            }
+            Ok(other) => Err(unexpected(other)),
+            Err(e) if e.code() == Some(ErrorCode::STALE_EPOCH) => {
+                self.engine.discard_pending(room).map_err(mls)?;
+                Err(e)
+            }
+            Err(e) => {
+                let _ = self.engine.discard_pending(room);
+                Err(e)
+            }
+        }
+    }
+
     /// Makes a commit with `make`, submits it, and retries at the new epoch
     /// when another commit won the race.
     async fn commit_with(
@@ -429,27 +442,13 @@ impl Chat {
     ) -> Result<u64, ClientError> {
         for attempt in 0..COMMIT_ATTEMPTS {
             let out = make(&mut self.engine, room).map_err(mls)?;
-            let req = Request::Commit {
-                room: room.to_owned(),
-                commit: out.commit,
-                welcome: out.welcome,
-                group_info: out.group_info,
-            };
-            match self.conn.request(req).await {
-                Ok(Response::Accepted { seq }) => {
-                    self.engine.merge_pending(room).map_err(mls)?;
-                    return Ok(seq);
-                }
-                Ok(other) => return Err(unexpected(other)),
+            match self.submit(room, out).await {
+                Ok(seq) => return Ok(seq),
                 Err(e) if e.code() == Some(ErrorCode::STALE_EPOCH) => {
                     tracing::debug!(%room, attempt, "commit lost the race; syncing and retrying");
-                    self.engine.discard_pending(room).map_err(mls)?;
                     self.sync_room(room).await?;
                 }
-                Err(e) => {
-                    let _ = self.engine.discard_pending(room);
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
         Err(ClientError::Invalid(format!("#{room} kept changing; the change was not made, try again")))

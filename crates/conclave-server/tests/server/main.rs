@@ -373,13 +373,7 @@ async fn plaintext_and_tls12_clients_are_refused_while_others_are_served() {
     assert!(!buf.windows(5).any(|w| w == b"hello"), "no protocol answer in plaintext");
 
     // A TLS 1.2-only client cannot agree on a version.
-    let config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_protocol_versions(&[&rustls::version::TLS12])
-            .unwrap()
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(AcceptAnything))
-            .with_no_client_auth();
+    let config = accept_anything(&rustls::version::TLS12);
     let tcp = TcpStream::connect(s.socket).await.unwrap();
     let err = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect("localhost".try_into().unwrap(), tcp)
@@ -507,13 +501,7 @@ struct RawTls {
 
 impl RawTls {
     async fn connect(s: &TestServer) -> Self {
-        let config =
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_protocol_versions(&[&rustls::version::TLS13])
-                .unwrap()
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnything))
-                .with_no_client_auth();
+        let config = accept_anything(&rustls::version::TLS13);
         let tcp = TcpStream::connect(s.socket).await.unwrap();
         let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect("localhost".try_into().unwrap(), tcp)
@@ -550,6 +538,16 @@ impl RawTls {
             }
         }
     }
+}
+
+/// A client config for one TLS version that accepts any certificate.
+fn accept_anything(version: &'static rustls::SupportedProtocolVersion) -> rustls::ClientConfig {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnything))
+        .with_no_client_auth()
 }
 
 /// Accepts any certificate: only for tests that poke at the server's edges.
