@@ -20,6 +20,9 @@ pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
 /// Failed logins allowed per account and per address before backoff starts.
 pub const DEFAULT_FREE_LOGIN_FAILURES: u32 = 5;
 
+/// Default wait after the free failures; each further failure doubles it.
+pub const DEFAULT_LOGIN_BACKOFF: Duration = Duration::from_secs(1);
+
 /// Default cap on connections from one source address (a NAT may hide a
 /// whole office behind one address, so it is generous).
 pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 256;
@@ -88,6 +91,9 @@ pub struct Config {
     pub argon2_threads: usize,
     /// Failed logins per account and per address before backoff starts.
     pub free_login_failures: u32,
+    /// The wait after the free failures; it doubles with each further
+    /// failure, up to 15 minutes.
+    pub login_backoff: Duration,
     /// Connections from one source address.
     pub max_connections_per_address: usize,
     /// Requests per second on one connection.
@@ -116,6 +122,7 @@ impl Config {
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
             argon2_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             free_login_failures: DEFAULT_FREE_LOGIN_FAILURES,
+            login_backoff: DEFAULT_LOGIN_BACKOFF,
             max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
             requests_per_second: DEFAULT_REQUESTS_PER_SECOND,
             messages_per_second: DEFAULT_MESSAGES_PER_SECOND,

@@ -86,7 +86,7 @@ impl Server {
             .map_err(|e| ServerError::Setup(format!("cannot start the log writer: {e}")))?;
         let message_rates = crate::limits::Keyed::new(config.messages_per_second);
         let shared = Arc::new(Shared {
-            throttle: throttle::Throttle::new(config.free_login_failures),
+            throttle: throttle::Throttle::new(config.free_login_failures, config.login_backoff),
             config,
             store,
             hub: Default::default(),

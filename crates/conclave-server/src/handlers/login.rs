@@ -2,7 +2,9 @@
 //!
 //! A wrong password and an unknown user get exactly the same answer, after the
 //! same work (a dummy hash is verified for unknown users). Failures are
-//! throttled per account and per source address before any hashing is done.
+//! throttled per account and per source address before any hashing is done;
+//! while an account is throttled, even its right password is refused (its
+//! enrolled devices still authenticate with their keys).
 
 use std::time::Instant;
 
@@ -26,15 +28,17 @@ pub async fn handle(shared: &Shared, info: &ConnInfo, req: Login) -> Result<Devi
     let key = super::verify_device(info, &req.device_key, &req.signature)?;
     let account_key = Key::Account(req.username.to_ascii_lowercase());
     let keys = [account_key.clone(), Key::address(info.peer.ip())];
-    if let Some(wait) = shared.throttle.check(&keys, Instant::now()) {
+    // Held until the password is checked, so that guesses sent at once over
+    // many connections cannot all get past the throttle before one fails.
+    let attempt = shared.throttle.begin(&keys, Instant::now()).map_err(|wait| {
         let secs = wait.as_secs_f64().ceil().max(1.0) as u32;
         tracing::warn!(retry_after_secs = secs, "login throttled");
-        return Err(ErrorBody {
+        ErrorBody {
             code: ErrorCode::THROTTLED,
             message: format!("too many attempts, retry in {secs} s"),
             retry_after_secs: Some(secs),
-        });
-    }
+        }
+    })?;
 
     // An overlong password cannot match (registration refuses them); it is
     // not hashed, so it cannot be used to make logins expensive.
@@ -49,11 +53,11 @@ pub async fn handle(shared: &Shared, info: &ConnInfo, req: Login) -> Result<Devi
     let user = credential.as_ref().map(|c| c.user);
     let ok = plausible && shared.hasher.verify(req.password, credential.map(|c| c.password_hash)).await?;
     let Some(user) = user.filter(|_| ok) else {
-        shared.throttle.fail(&keys, Instant::now());
+        attempt.failed(Instant::now());
         tracing::warn!("login failed");
         return Err(invalid());
     };
-    shared.throttle.clear(&account_key);
+    attempt.succeeded(&account_key);
 
     let store = shared.store.clone();
     let account =

@@ -29,6 +29,7 @@ struct TestServer {
     _dir: tempfile::TempDir,
 }
 
+mod brute_force;
 mod rooms;
 
 async fn spawn_server(tweak: impl FnOnce(&mut Config)) -> TestServer {
@@ -501,8 +502,19 @@ struct RawTls {
 
 impl RawTls {
     async fn connect(s: &TestServer) -> Self {
+        Self::over(TcpStream::connect(s.socket).await.unwrap()).await
+    }
+
+    /// A connection whose socket is bound to `source` first (any address of
+    /// 127.0.0.0/8 is loopback on Linux), so the server sees it come from there.
+    async fn connect_from(s: &TestServer, source: std::net::IpAddr) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::new(source, 0)).unwrap();
+        Self::over(socket.connect(s.socket).await.unwrap()).await
+    }
+
+    async fn over(tcp: TcpStream) -> Self {
         let config = accept_anything(&rustls::version::TLS13);
-        let tcp = TcpStream::connect(s.socket).await.unwrap();
         let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect("localhost".try_into().unwrap(), tcp)
             .await
