@@ -215,6 +215,9 @@ pub struct KeyPackageInfo {
     /// Whether the device marked it last-resort (may be handed out again when
     /// the device has no other left).
     pub last_resort: bool,
+    /// When it stops being valid (seconds since the Unix epoch): no one may
+    /// use it after that, so the server may forget it then.
+    pub not_after: u64,
 }
 
 /// One room's keyless MLS state: the public part of the group, enough to
@@ -763,7 +766,8 @@ impl RoomGroup {
 
 /// Checks a KeyPackage a device uploads (MLSMessage bytes): it parses as a
 /// KeyPackage of our ciphersuite, its leaf and KeyPackage signatures verify,
-/// its lifetime is current and its credential is a `"USERNAME:DEVICE_NO"`
+/// its lifetime is current and no longer than OpenMLS accepts for a leaf
+/// (about 12 weeks), and its credential is a `"USERNAME:DEVICE_NO"`
 /// BasicCredential. The caller checks that identity and key are the
 /// uploading device's.
 pub fn check_key_package(bytes: &[u8]) -> Result<KeyPackageInfo, MlsCheckError> {
@@ -778,6 +782,11 @@ pub fn check_key_package(bytes: &[u8]) -> Result<KeyPackageInfo, MlsCheckError> 
             .map_err(|e| MlsCheckError::Invalid(format!("KeyPackage refused: {e}")))
     })?;
     check_ciphersuite(key_package.ciphersuite())?;
+    // A bounded lifetime lets the server forget a used KeyPackage once it
+    // has expired, and still refuse it if it comes back before.
+    if !key_package.life_time().has_acceptable_range() {
+        return Err(MlsCheckError::Invalid("the KeyPackage's lifetime is longer than 12 weeks".into()));
+    }
     let leaf = key_package.leaf_node();
     Ok(KeyPackageInfo {
         identity: identity_of(leaf.credential())?,
@@ -788,6 +797,7 @@ pub fn check_key_package(bytes: &[u8]) -> Result<KeyPackageInfo, MlsCheckError> 
             .as_slice()
             .to_vec(),
         last_resort: key_package.last_resort(),
+        not_after: key_package.life_time().not_after(),
     })
 }
 

@@ -1,11 +1,15 @@
 //! KeyPackages: a device uploads a batch (and one last-resort package) for
-//! others to add it to rooms; each is served once.
+//! others to add it to rooms; each is served once. A single-use KeyPackage is
+//! accepted only once, ever (until it expires): uploaded twice, or again
+//! after it was claimed, it would be handed out twice, and two Welcomes would
+//! then be encrypted to the same init key.
 
 use std::sync::Arc;
 
 use conclave_proto::{ErrorBody, ErrorCode, Response};
 
-use crate::store::DeviceAccount;
+use crate::mls::KeyPackageInfo;
+use crate::store::{DeviceAccount, NewKeyPackage};
 use crate::Shared;
 
 /// Most KeyPackages accepted in one upload.
@@ -24,10 +28,10 @@ pub async fn upload(
             format!("upload at most {MAX_UPLOAD} KeyPackages at once"),
         ));
     }
-    let check = |bytes: &[u8], want_last_resort: bool| -> Result<(), ErrorBody> {
+    let check = |bytes: &[u8], want_last_resort: bool| -> Result<KeyPackageInfo, ErrorBody> {
         let info = crate::mls::check_key_package(bytes)
             .map_err(|e| ErrorBody::new(ErrorCode::INVALID_MLS, format!("a KeyPackage was refused: {e}")))?;
-        if info.identity != from.identity() || info.signature_key != from.key.0 {
+        if info.identity != from.identity() {
             return Err(ErrorBody::new(
                 ErrorCode::INVALID_MLS,
                 format!(
@@ -37,16 +41,28 @@ pub async fn upload(
                 ),
             ));
         }
+        if info.signature_key != from.key.0 {
+            return Err(ErrorBody::new(
+                ErrorCode::INVALID_MLS,
+                format!("a KeyPackage for {} is signed with another key than this device's", info.identity),
+            ));
+        }
         if info.last_resort != want_last_resort {
             return Err(ErrorBody::new(
                 ErrorCode::INVALID_MLS,
                 "a KeyPackage's last-resort flag is wrong for its slot",
             ));
         }
-        Ok(())
+        Ok(info)
     };
-    for kp in &key_packages {
-        check(kp, false)?;
+    let mut packages = Vec::with_capacity(key_packages.len());
+    for data in key_packages {
+        let info = check(&data, false)?;
+        packages.push(NewKeyPackage {
+            data,
+            key_package_ref: info.key_package_ref,
+            not_after: info.not_after,
+        });
     }
     if let Some(lr) = &last_resort {
         check(lr, true)?;
@@ -56,10 +72,10 @@ pub async fn upload(
     let max = shared.config.max_key_packages;
     let available = crate::blocking::run(move || {
         let have = store.key_package_count(user, device)?;
-        if have as usize + key_packages.len() > max as usize {
+        if have as usize + packages.len() > max as usize {
             return Ok(Err(have));
         }
-        store.store_key_packages(user, device, &key_packages, last_resort.as_deref()).map(Ok)
+        store.store_key_packages(user, device, &packages, last_resort.as_deref()).map(Ok)
     })
     .await?
     .map_err(super::store_error)?

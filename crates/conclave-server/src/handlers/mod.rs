@@ -54,6 +54,10 @@ pub fn store_error(e: StoreError) -> ErrorBody {
             ErrorCode::INVALID_TOKEN,
             "the invitation token is invalid or already used; ask the operator for a new one",
         ),
+        StoreError::KeyPackageReused => ErrorBody::new(
+            ErrorCode::INVALID_MLS,
+            "a KeyPackage was uploaded more than once; each may be used only once, so make new ones",
+        ),
         other => {
             tracing::error!(error = %other, "storage failed");
             ErrorBody::new(ErrorCode::INTERNAL, "internal server error; the server log has details")

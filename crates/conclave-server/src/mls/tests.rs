@@ -532,6 +532,13 @@ fn key_packages_are_verified() {
     assert_eq!(info.signature_key, bob.key());
     assert_eq!(info.key_package_ref, hash_ref(&bob, &key_package));
     assert!(!info.last_resort);
+    assert_eq!(info.not_after, key_package.life_time().not_after());
+
+    // A lifetime longer than OpenMLS accepts for a leaf (about 12 weeks):
+    // the server could not forget such a package once it was used.
+    let long = bob.key_package_with(KeyPackage::builder().key_package_lifetime(Lifetime::new(365 * 86_400)));
+    let err = check_key_package(&wire(&MlsMessageOut::from(long))).unwrap_err();
+    assert!(matches!(err, MlsCheckError::Invalid(_)) && err.to_string().contains("12 weeks"), "{err}");
 
     // OpenMLS 0.9.2 puts the last_resort extension in the KeyPackage but not
     // in the leaf's capabilities, and then refuses its own KeyPackage: the

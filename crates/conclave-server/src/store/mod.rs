@@ -208,6 +208,18 @@ pub enum WriteOp {
     },
 }
 
+/// A single-use KeyPackage to store, as the server checked it.
+#[derive(Debug, Clone)]
+pub struct NewKeyPackage {
+    /// MLSMessage(KeyPackage) bytes.
+    pub data: Vec<u8>,
+    /// Its hash reference: what makes it the same KeyPackage.
+    pub key_package_ref: Vec<u8>,
+    /// When it expires (seconds since the Unix epoch); its reference is kept
+    /// until then.
+    pub not_after: u64,
+}
+
 /// A Welcome waiting for a device.
 #[derive(Debug, Clone)]
 pub struct StoredWelcome {
@@ -234,6 +246,10 @@ pub enum StoreError {
     /// The invitation token is unknown or already used.
     #[error("invitation token is invalid or already used")]
     InvalidToken,
+    /// A single-use KeyPackage was stored before (it may have been claimed
+    /// since), or appears twice in one upload. Nothing was stored.
+    #[error("a KeyPackage was uploaded more than once")]
+    KeyPackageReused,
     /// A user has no KeyPackage on the server (nothing was claimed).
     #[error("a user has no KeyPackages")]
     NoKeyPackages(UserId),
@@ -273,12 +289,14 @@ pub trait Store: Send + Sync + 'static {
     fn devices_of(&self, user: UserId) -> Result<Vec<(DeviceNo, DeviceKey)>, StoreError>;
 
     /// Stores KeyPackages of a device (the last-resort one replaces any
-    /// older) and returns how many single-use ones it now has.
+    /// older) and returns how many single-use ones it now has. A single-use
+    /// package whose reference was stored before, until its `not_after`, fails
+    /// the whole call with `KeyPackageReused`.
     fn store_key_packages(
         &self,
         user: UserId,
         device: DeviceNo,
-        packages: &[Vec<u8>],
+        packages: &[NewKeyPackage],
         last_resort: Option<&[u8]>,
     ) -> Result<u32, StoreError>;
 

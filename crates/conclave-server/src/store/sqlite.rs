@@ -11,8 +11,8 @@ use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBeha
 use sha2::{Digest, Sha256};
 
 use super::{
-    ClientMsgKey, Credential, DeviceAccount, DeviceKey, DeviceNo, NewAccount, NewRoom, RoomId, RoomMember,
-    RoomRecord, Store, StoreError, StoredWelcome, UserId, WriteOp,
+    ClientMsgKey, Credential, DeviceAccount, DeviceKey, DeviceNo, NewAccount, NewKeyPackage, NewRoom, RoomId,
+    RoomMember, RoomRecord, Store, StoreError, StoredWelcome, UserId, WriteOp,
 };
 
 /// Each entry upgrades the schema by one version. Append only.
@@ -85,6 +85,14 @@ const MIGRATIONS: &[&str] = &[
      ) WITHOUT ROWID;",
     // 3: the server's saved keyless group state per room.
     "ALTER TABLE rooms ADD COLUMN group_state BLOB;",
+    // 4: every single-use KeyPackage ever stored, until it expires, so that
+    // none is stored (and handed out) twice. Packages stored before this
+    // version are not in it.
+    "CREATE TABLE key_package_refs (
+         ref       BLOB PRIMARY KEY,
+         not_after INTEGER NOT NULL
+     ) WITHOUT ROWID;
+     CREATE INDEX key_package_refs_by_expiry ON key_package_refs(not_after);",
 ];
 
 fn role_to_int(role: Role) -> i64 {
@@ -427,19 +435,30 @@ impl Store for SqliteStore {
         &self,
         user: UserId,
         device: DeviceNo,
-        packages: &[Vec<u8>],
+        packages: &[NewKeyPackage],
         last_resort: Option<&[u8]>,
     ) -> Result<u32, StoreError> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
         {
+            // An expired KeyPackage is refused on upload, so its reference
+            // need not be kept any more.
+            tx.execute("DELETE FROM key_package_refs WHERE not_after <= ?1", [now()]).map_err(db)?;
+            let mut seen = tx
+                .prepare_cached("INSERT OR IGNORE INTO key_package_refs (ref, not_after) VALUES (?1, ?2)")
+                .map_err(db)?;
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO key_packages (user_id, device_no, last_resort, data) VALUES (?1, ?2, ?3, ?4)",
                 )
                 .map_err(db)?;
             for p in packages {
-                insert.execute(params![user.0, device.0, 0, p]).map_err(db)?;
+                let not_after = i64::try_from(p.not_after).unwrap_or(i64::MAX);
+                if seen.execute(params![p.key_package_ref, not_after]).map_err(db)? == 0 {
+                    // Dropping the transaction rolls back the whole upload.
+                    return Err(StoreError::KeyPackageReused);
+                }
+                insert.execute(params![user.0, device.0, 0, p.data]).map_err(db)?;
             }
             if let Some(lr) = last_resort {
                 tx.execute(

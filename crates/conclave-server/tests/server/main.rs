@@ -30,6 +30,7 @@ struct TestServer {
 }
 
 mod brute_force;
+mod key_packages;
 mod rooms;
 
 async fn spawn_server(tweak: impl FnOnce(&mut Config)) -> TestServer {
