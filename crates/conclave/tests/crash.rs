@@ -15,11 +15,10 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
 use std::time::Duration;
 
-use common::{ok, profile, run, Served};
-use conclave_client::{connect_tls, Chat, DeviceKey, Profile, ServerAddr};
+use common::{ok, open_chat, profile, run, Served};
+use conclave_client::ServerAddr;
 
 const CYCLES: usize = 20;
 const USERS: [&str; 3] = ["alice", "bob", "carol"];
@@ -34,20 +33,6 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
-}
-
-/// Opens the profile's Chat against the server, catching up and re-sending
-/// whatever was queued when the last server died.
-async fn open(dir: &Path, addr: &ServerAddr) -> Option<Chat> {
-    let profile = Profile::open(dir).ok()?;
-    let pin = profile.pin(addr)?.to_owned();
-    let device: DeviceKey = profile.device_key().ok()??;
-    let conn = connect_tls(addr, Some(&pin)).await.ok()?.hello().await.ok()?;
-    let info = conn.authenticate(&device).await.ok()?;
-    let mut chat = Chat::open(dir, &device, conn, info).ok()?;
-    chat.catch_up().await.ok()?;
-    chat.resend_pending().await.ok()?;
-    Some(chat)
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -81,7 +66,7 @@ async fn acknowledged_messages_survive_sigkill_exactly_once_and_in_order() {
         let server = Served::start_on(&data, &addr_text, &[]);
         let mut chats = Vec::new();
         for name in USERS {
-            let chat = open(&profile(&dir, name), &addr).await;
+            let chat = open_chat(&profile(&dir, name), &addr).await;
             chats.push((name, chat.unwrap_or_else(|| panic!("{name} could not reconnect in cycle {cycle}"))));
         }
         let crash_after = Duration::from_millis(50 + rng.next() % 400);
@@ -117,7 +102,7 @@ async fn acknowledged_messages_survive_sigkill_exactly_once_and_in_order() {
     let server = Served::start_on(&data, &addr_text, &[]);
     let mut alice = None;
     for name in USERS {
-        let chat = open(&profile(&dir, name), &addr).await.expect("reconnects after the last crash");
+        let chat = open_chat(&profile(&dir, name), &addr).await.expect("reconnects after the last crash");
         if name == "alice" {
             alice = Some(chat);
         }

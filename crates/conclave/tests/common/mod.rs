@@ -8,6 +8,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
+use conclave_client::{connect_tls, Chat, DeviceKey, Profile, ServerAddr};
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_conclave");
 
 /// A `conclave serve` child process, killed when dropped.
@@ -99,4 +101,19 @@ pub fn fails(out: &Output) -> String {
 
 pub fn profile(dir: &tempfile::TempDir, name: &str) -> PathBuf {
     dir.path().join(name)
+}
+
+/// Opens the profile's `Chat` in this process, against the server it pinned:
+/// connects, catches up and re-sends whatever was queued. `None` if any step
+/// fails (the server may be down).
+pub async fn open_chat(dir: &Path, addr: &ServerAddr) -> Option<Chat> {
+    let profile = Profile::open(dir).ok()?;
+    let pin = profile.pin(addr)?.to_owned();
+    let device: DeviceKey = profile.device_key().ok()??;
+    let conn = connect_tls(addr, Some(&pin)).await.ok()?.hello().await.ok()?;
+    let info = conn.authenticate(&device).await.ok()?;
+    let mut chat = Chat::open(dir, &device, conn, info).ok()?;
+    chat.catch_up().await.ok()?;
+    chat.resend_pending().await.ok()?;
+    Some(chat)
 }
