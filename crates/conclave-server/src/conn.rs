@@ -75,6 +75,14 @@ pub struct Outbox {
 pub struct QueueFull;
 
 impl Outbox {
+    /// A queue of `capacity` frames, with the receivers a writer drains: the
+    /// frames, and the last word.
+    pub(crate) fn new(capacity: usize) -> (Self, mpsc::Receiver<Bytes>, oneshot::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel::<Bytes>(capacity.max(1));
+        let (last_tx, last_rx) = oneshot::channel::<Bytes>();
+        (Self { tx, last: Arc::new(Mutex::new(Some(last_tx))) }, rx, last_rx)
+    }
+
     /// Queues an already-encoded frame without waiting.
     pub fn push(&self, frame: Bytes) -> Result<(), QueueFull> {
         self.tx.try_send(frame).map_err(|_| QueueFull)
@@ -113,8 +121,7 @@ pub fn spawn_writer<W>(
 where
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(capacity.max(1));
-    let (last_tx, last_rx) = oneshot::channel::<Bytes>();
+    let (outbox, mut rx, last_rx) = Outbox::new(capacity);
     let handle = tracker.spawn(async move {
         let mut batch = BytesMut::new();
         let mut last_rx = Some(last_rx);
@@ -166,5 +173,5 @@ where
         // Best effort: sends TLS close_notify and FIN.
         let _ = wr.shutdown().await;
     });
-    (Outbox { tx, last: Arc::new(Mutex::new(Some(last_tx))) }, handle)
+    (outbox, handle)
 }

@@ -15,6 +15,8 @@
 
 #![warn(missing_docs)]
 
+#[doc(hidden)]
+pub mod bench_support;
 mod blocking;
 pub mod config;
 mod conn;

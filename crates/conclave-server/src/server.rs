@@ -112,6 +112,11 @@ impl Server {
         &self.fingerprint
     }
 
+    /// The state its sessions share (for [`crate::bench_support`]).
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
     /// Serves until `shutdown` is cancelled, then closes every session.
     pub async fn run(self, shutdown: CancellationToken) {
         let limit = Arc::new(Semaphore::new(self.shared.config.max_connections));
