@@ -124,6 +124,11 @@ impl Chat {
         &self.conn
     }
 
+    /// This device's MLS engine (the benchmark encrypts ahead of time with it).
+    pub fn engine_mut(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
+
     /// Local history of a room after `after_seq`.
     pub fn history(&self, room: &str, after_seq: u64, limit: usize) -> Result<Vec<HistoryRow>, ClientError> {
         self.engine.history(&room_name(room)?, after_seq, limit).map_err(mls)

@@ -79,6 +79,12 @@ impl TlsConnected {
         &self.fingerprint
     }
 
+    /// The pinned TLS stream itself, for a caller that speaks the protocol
+    /// on its own (the benchmark's lean members).
+    pub fn into_stream(self) -> TlsStream<TcpStream> {
+        self.stream
+    }
+
     /// Exchanges `Hello` and starts the connection's reader and writer tasks.
     pub async fn hello(self) -> Result<Connection, ClientError> {
         let mut exporter = [0u8; EXPORTER_LEN];
@@ -172,6 +178,14 @@ impl Connection {
 
     /// Sends one request and waits for its answer.
     pub async fn request(&self, body: Request) -> Result<Response, ClientError> {
+        self.start_request(body).await?.answer().await
+    }
+
+    /// Sends a request and returns without waiting for its answer: requests
+    /// started one after another reach the server in that order, so a sender
+    /// can keep many in flight (the benchmark's senders do). Await
+    /// [`Answer::answer`] for the response.
+    pub async fn start_request(&self, body: Request) -> Result<Answer, ClientError> {
         let id = RequestId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let (done, answer) = oneshot::channel();
         {
@@ -186,11 +200,7 @@ impl Connection {
         if self.tx.send(frame).await.is_err() {
             lock(&self.pending).waiting.remove(&id);
         }
-        match answer.await {
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) => Err(ClientError::Server(error)),
-            Err(_) => Err(ClientError::Closed(lock(&self.pending).closed.clone().flatten())),
-        }
+        Ok(Answer { answer, pending: self.pending.clone() })
     }
 
     fn proof(&self, device: &DeviceKey) -> (Vec<u8>, Vec<u8>) {
@@ -242,6 +252,29 @@ impl Connection {
         match self.request(Request::WhoAmI).await? {
             Response::WhoAmI(info) => Ok(info),
             other => Err(unexpected(other)),
+        }
+    }
+}
+
+/// The answer to a request sent with [`Connection::start_request`].
+pub struct Answer {
+    answer: oneshot::Receiver<Result<Response, ErrorBody>>,
+    pending: Pending,
+}
+
+impl std::fmt::Debug for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Answer")
+    }
+}
+
+impl Answer {
+    /// Waits for the server's answer.
+    pub async fn answer(self) -> Result<Response, ClientError> {
+        match self.answer.await {
+            Ok(Ok(response)) => Ok(response),
+            Ok(Err(error)) => Err(ClientError::Server(error)),
+            Err(_) => Err(ClientError::Closed(lock(&self.pending).closed.clone().flatten())),
         }
     }
 }

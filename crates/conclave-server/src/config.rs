@@ -106,6 +106,10 @@ pub struct Config {
     pub max_members_per_room: usize,
     /// Single-use KeyPackages kept per device.
     pub max_key_packages: u32,
+    /// Wait for the disk before acknowledging (SQLite `synchronous = FULL`).
+    /// Off only to measure what durability costs: a power failure can then
+    /// lose acknowledged messages.
+    pub fsync: bool,
 }
 
 impl Config {
@@ -129,6 +133,7 @@ impl Config {
             max_rooms_per_user: DEFAULT_MAX_ROOMS_PER_USER,
             max_members_per_room: DEFAULT_MAX_MEMBERS_PER_ROOM,
             max_key_packages: DEFAULT_MAX_KEY_PACKAGES,
+            fsync: true,
         }
     }
 

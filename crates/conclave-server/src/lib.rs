@@ -26,7 +26,7 @@ mod hub;
 mod limits;
 mod log_writer;
 pub mod mls;
-mod password;
+pub mod password;
 mod rooms;
 mod server;
 mod session;

@@ -58,23 +58,39 @@ impl LogWriter {
 
     /// Writes one job durably; returns once it is on disk.
     pub async fn write(&self, ops: Vec<WriteOp>) -> Result<(), ErrorBody> {
+        self.submit(ops).await?.await
+    }
+
+    /// Queues one job and returns what to await for its result: jobs are
+    /// written in the order they were submitted, so a room can prepare its
+    /// next batch while this one is on its way to disk.
+    pub async fn submit(
+        &self,
+        ops: Vec<WriteOp>,
+    ) -> Result<impl std::future::Future<Output = Result<(), ErrorBody>> + Send + 'static, ErrorBody> {
         let (done, result) = oneshot::channel();
-        let failed =
-            || ErrorBody::new(ErrorCode::INTERNAL, "internal server error; the server log has details");
         if self.tx.send(Job { ops, done }).await.is_err() {
             tracing::error!("log writer is gone");
             return Err(failed());
         }
-        match result.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                tracing::error!(error = %e, "log write failed");
-                Err(failed())
-            }
-            Err(_) => {
-                tracing::error!("log writer dropped a job");
-                Err(failed())
-            }
+        Ok(async move { outcome(result.await) })
+    }
+}
+
+fn failed() -> ErrorBody {
+    ErrorBody::new(ErrorCode::INTERNAL, "internal server error; the server log has details")
+}
+
+fn outcome(result: Result<Result<(), StoreError>, oneshot::error::RecvError>) -> Result<(), ErrorBody> {
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "log write failed");
+            Err(failed())
+        }
+        Err(_) => {
+            tracing::error!("log writer dropped a job");
+            Err(failed())
         }
     }
 }

@@ -52,7 +52,9 @@ impl Hasher {
     }
 }
 
-fn hash_now(password: &Password) -> Result<String, ErrorBody> {
+/// The PHC string of `password`, computed on this thread (tens of
+/// milliseconds of one core). The server itself goes through [`Hasher`].
+pub fn hash_now(password: &Password) -> Result<String, ErrorBody> {
     let salt = SaltString::generate(&mut OsRng);
     Argon2::default()
         .hash_password(password.expose().as_bytes(), &salt)

@@ -138,6 +138,30 @@ impl Server {
     }
 }
 
+/// The fuzzer's way in (feature `fuzzing`, used by `fuzz/fuzz_targets/preauth.rs`).
+#[cfg(feature = "fuzzing")]
+impl Server {
+    /// **For fuzzing only.** Serves one session over `stream` as if its TLS
+    /// handshake had just finished, with this `nonce` in the `Hello` and this
+    /// TLS exporter value, so that the fuzzer can make valid device
+    /// signatures. Returns when the session has ended. No listener is used:
+    /// the session runs on the caller's runtime against this server's state.
+    #[doc(hidden)]
+    pub async fn serve_plaintext_for_fuzzing<S>(
+        &self,
+        stream: S,
+        peer: SocketAddr,
+        nonce: [u8; conclave_proto::NONCE_LEN],
+        exporter: [u8; conclave_proto::EXPORTER_LEN],
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        let deadline = tokio::time::Instant::now() + self.shared.config.handshake_timeout;
+        let info = session::ConnInfo { peer, nonce, exporter };
+        session::run(self.shared.clone(), stream, info, deadline, CancellationToken::new()).await;
+    }
+}
+
 async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,

@@ -22,6 +22,7 @@ use conclave_proto::{
     EXPORTER_LABEL, EXPORTER_LEN, NONCE_LEN, PROTOCOL_VERSION,
 };
 use rand::RngCore;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
@@ -70,7 +71,13 @@ struct Session {
     subscribed: Option<DeviceAccount>,
     /// Requests per second on this connection.
     requests: crate::limits::RateLimit,
+    /// Sends of this connection accepted but not yet answered.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
+
+/// Sends one connection may have in flight: past this, the session stops
+/// reading until the room has stored some (TCP pushes back on the client).
+pub const MAX_SENDS_IN_FLIGHT: usize = 1024;
 
 /// Serves one accepted TCP connection until it closes.
 pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
@@ -93,18 +100,33 @@ pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdo
     }
     let mut nonce = [0u8; NONCE_LEN];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
+    run(shared, tls, ConnInfo { peer, nonce, exporter }, deadline, shutdown).await;
+}
 
-    let (rd, wr) = tokio::io::split(tls);
+/// Runs the state machine over an established stream (TLS, or the fuzzer's
+/// in-memory pipe) until it closes. `deadline` bounds the climb to `Ready`.
+pub async fn run<S>(
+    shared: Arc<Shared>,
+    stream: S,
+    info: ConnInfo,
+    deadline: Instant,
+    shutdown: CancellationToken,
+) where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let peer = info.peer;
+    let (rd, wr) = tokio::io::split(stream);
     let (outbox, writer) = spawn_writer(wr, shared.config.outbound_queue, &shared.tracker);
     let mut reader = FrameReader::new(rd, shared.config.max_frame_len);
     let mut session = Session {
         shared: shared.clone(),
-        info: ConnInfo { peer, nonce, exporter },
+        info,
         outbox,
         conn: shared.hub.next_conn(),
         kick: CancellationToken::new(),
         subscribed: None,
         requests: crate::limits::RateLimit::new(shared.config.requests_per_second, std::time::Instant::now()),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_SENDS_IN_FLIGHT)),
     };
     let mut state = State::AwaitingHello;
 
@@ -203,7 +225,7 @@ impl Session {
             }
             Request::GetGroupInfo { room } => rooms::group_info(shared, a, &room).await,
             Request::Send { room, client_msg_id, ciphertext } => {
-                rooms::send(shared, a, &room, client_msg_id, ciphertext).await
+                rooms::start_send(shared, a, &room, client_msg_id, ciphertext).await?.await
             }
             Request::Sync { room, after_seq, limit } => rooms::sync(shared, a, &room, after_seq, limit).await,
             Request::Members { room } => rooms::members(shared, a, &room).await,
@@ -272,6 +294,39 @@ impl Session {
         }
     }
 
+    /// `Send`, answered out of line: the message is queued at its room in
+    /// arrival order, and a task answers once it is stored, so the next
+    /// request is read meanwhile and the room commits many sends at once.
+    /// Returns false when the connection should close.
+    async fn pipelined_send(
+        &mut self,
+        a: &DeviceAccount,
+        id: RequestId,
+        room: String,
+        client_msg_id: u64,
+        ciphertext: Vec<u8>,
+    ) -> bool {
+        let Ok(permit) = self.in_flight.clone().acquire_owned().await else { return false };
+        match handlers::rooms::start_send(&self.shared, a, &room, client_msg_id, ciphertext).await {
+            Ok(stored) => {
+                let (outbox, kick) = (self.outbox.clone(), self.kick.clone());
+                self.shared.tracker.spawn(async move {
+                    let frame = match stored.await {
+                        Ok(body) => ServerFrame::Response { id, body },
+                        Err(error) => ServerFrame::Error { id: Some(id), error },
+                    };
+                    if outbox.send(&frame).is_err() {
+                        // The client is not reading its answers.
+                        kick.cancel();
+                    }
+                    drop(permit);
+                });
+                true
+            }
+            Err(e) => self.reply(id, Err(e)),
+        }
+    }
+
     /// Queues a connection-level error; the caller then closes.
     fn close_with(&self, error: ErrorBody) {
         self.outbox.close_with(&ServerFrame::Error { id: None, error });
@@ -331,6 +386,13 @@ impl Session {
                         Flow::Close(state)
                     };
                 }
+                let body = match (&state, body) {
+                    (State::Ready(a), Request::Send { room, client_msg_id, ciphertext }) => {
+                        let ok = self.pipelined_send(a, id, room, client_msg_id, ciphertext).await;
+                        return if ok { Flow::Continue(state) } else { Flow::Close(state) };
+                    }
+                    (_, body) => body,
+                };
                 let (next, result) = self.dispatch(state, body).await;
                 if self.reply(id, result) {
                     Flow::Continue(next)

@@ -107,6 +107,20 @@ pub struct ServeArgs {
     /// Frames queued for one connection before it counts as too slow.
     #[arg(long, default_value_t = conclave_server::config::DEFAULT_OUTBOUND_QUEUE)]
     pub outbound_queue: usize,
+    /// Wait for the disk before acknowledging a write (on). `off` is for
+    /// measuring what durability costs: a power failure can then lose
+    /// acknowledged messages.
+    #[arg(long, value_enum, default_value_t = OnOff::On, value_name = "on|off")]
+    pub fsync: OnOff,
+}
+
+/// A setting that is on or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OnOff {
+    /// On.
+    On,
+    /// Off.
+    Off,
 }
 
 /// Registration policy.

@@ -5,7 +5,7 @@ use anyhow::Context;
 use conclave_server::{Config, RegistrationPolicy, Server, TlsSource};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Registration, ServeArgs};
+use crate::cli::{OnOff, Registration, ServeArgs};
 
 /// Runs the server in the foreground.
 pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
@@ -44,6 +44,7 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
     config.max_members_per_room = args.max_members_per_room;
     config.max_key_packages = args.max_key_packages;
     config.outbound_queue = args.outbound_queue;
+    config.fsync = args.fsync == OnOff::On;
     config.registration = match args.registration {
         Registration::Open => RegistrationPolicy::Open,
         Registration::Token => RegistrationPolicy::Token,

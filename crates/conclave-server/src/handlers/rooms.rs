@@ -127,14 +127,17 @@ pub async fn summaries(shared: &Arc<Shared>, from: &DeviceAccount) -> Result<Vec
     Ok(out)
 }
 
-/// `Send`.
-pub async fn send(
+/// `Send`, started: the message is queued at the room in arrival order, and
+/// the returned future answers once it is stored. The session does not wait
+/// for it before reading its next request, so one connection can have many
+/// sends in flight and the room commits them together.
+pub async fn start_send(
     shared: &Arc<Shared>,
     from: &DeviceAccount,
     name: &str,
     client_msg_id: u64,
     ciphertext: Vec<u8>,
-) -> Result<Response, ErrorBody> {
+) -> Result<impl std::future::Future<Output = Result<Response, ErrorBody>>, ErrorBody> {
     if !shared.message_rates.allow(from.user, std::time::Instant::now()) {
         let limit = shared.config.messages_per_second;
         return Err(ErrorBody::new(
@@ -143,9 +146,9 @@ pub async fn send(
         ));
     }
     let (_, handle) = room(shared, name).await?;
-    let seq =
-        handle.ask(|reply| RoomCmd::Send { from: from.clone(), client_msg_id, ciphertext, reply }).await?;
-    Ok(Response::Accepted { seq })
+    let from = from.clone();
+    let stored = handle.start(move |reply| RoomCmd::Send { from, client_msg_id, ciphertext, reply }).await?;
+    Ok(async move { stored.await.map(|seq| Response::Accepted { seq }) })
 }
 
 /// `Commit`.

@@ -25,7 +25,21 @@ use crate::store::{DeviceAccount, DeviceKey, DeviceNo, RoomId, RoomMember, UserI
 use crate::Shared;
 
 /// Sends handled as one batch at most.
-const SEND_BATCH: usize = 512;
+const SEND_BATCH: usize = 1024;
+
+/// Batches of sends on their way to disk at once, per room.
+const WRITES_IN_FLIGHT: usize = 4;
+
+/// A batch of sends handed to the log writer, answered when durable.
+struct InFlight {
+    done: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ErrorBody>> + Send>>,
+    waiting: Vec<(Reply<u64>, u64)>,
+    frames: Vec<Bytes>,
+    new_ids: Vec<((UserId, DeviceNo, u64), u64)>,
+    error: Option<ErrorBody>,
+    /// The next sequence number after this batch.
+    end_seq: u64,
+}
 
 /// Message ids remembered per room for deduplicating retries.
 pub const RECENT_IDS: usize = 100_000;
@@ -52,6 +66,8 @@ pub struct RoomActor {
     recent: HashMap<(UserId, DeviceNo, u64), u64>,
     recent_order: VecDeque<(UserId, DeviceNo, u64)>,
     subscribers: HashMap<ConnId, SessionHandle>,
+    /// Sequence numbers below this are on disk.
+    durable_next: u64,
 }
 
 fn internal(what: impl std::fmt::Display) -> ErrorBody {
@@ -115,19 +131,48 @@ impl RoomActor {
             recent: recent_map,
             recent_order,
             subscribers: HashMap::new(),
+            durable_next: record.head_seq + 1,
         }))
     }
 
     /// Serves commands until every handle is gone.
+    ///
+    /// Consecutive `Send`s are taken as one batch and handed to the log
+    /// writer; while up to [`WRITES_IN_FLIGHT`] batches are on their way to
+    /// disk the next one is prepared, and each is answered and fanned out
+    /// when it is durable, in order. Any other command first waits for every
+    /// write in flight. A failed write stops the actor (everything in flight
+    /// is refused; the room is loaded afresh from storage on next use), so
+    /// nothing is answered from a state the disk does not have.
     pub async fn run(mut self, mut rx: mpsc::Receiver<RoomCmd>) {
         let mut deferred = None;
+        let mut writing: VecDeque<InFlight> = VecDeque::new();
         loop {
             let cmd = match deferred.take() {
                 Some(cmd) => cmd,
-                None => match rx.recv().await {
-                    Some(cmd) => cmd,
-                    None => break,
-                },
+                None => {
+                    let next = tokio::select! {
+                        biased;
+                        result = async {
+                            match writing.front_mut() {
+                                Some(w) => (&mut w.done).await,
+                                None => std::future::pending().await,
+                            }
+                        }, if !writing.is_empty() => Err(result),
+                        cmd = rx.recv(), if writing.len() < WRITES_IN_FLIGHT => Ok(cmd),
+                    };
+                    match next {
+                        Err(result) => {
+                            let Some(w) = writing.pop_front() else { continue };
+                            if !self.finish(w, result, &mut writing) {
+                                return;
+                            }
+                            continue;
+                        }
+                        Ok(Some(cmd)) => cmd,
+                        Ok(None) => break,
+                    }
+                }
             };
             if let RoomCmd::Send { .. } = cmd {
                 let mut batch = vec![cmd];
@@ -141,12 +186,68 @@ impl RoomActor {
                         Err(_) => break,
                     }
                 }
-                self.sends(batch).await;
+                match self.sends(batch).await {
+                    Ok(Some(w)) => writing.push_back(w),
+                    Ok(None) => {}
+                    Err(w) => {
+                        self.fail_all(w, &mut writing);
+                        return;
+                    }
+                }
             } else {
+                while let Some(mut w) = writing.pop_front() {
+                    let result = (&mut w.done).await;
+                    if !self.finish(w, result, &mut writing) {
+                        return;
+                    }
+                }
                 self.handle(cmd).await;
+                // Whatever it wrote, it waited for.
+                self.durable_next = self.next_seq;
+            }
+        }
+        while let Some(mut w) = writing.pop_front() {
+            let result = (&mut w.done).await;
+            if !self.finish(w, result, &mut writing) {
+                return;
             }
         }
         tracing::debug!(room = %self.name, "room actor stopped");
+    }
+
+    /// A batch is durable (or not): answer it and fan it out. Returns false
+    /// if the actor must stop.
+    fn finish(&mut self, w: InFlight, result: Result<(), ErrorBody>, later: &mut VecDeque<InFlight>) -> bool {
+        if let Err(e) = result {
+            let mut w = w;
+            w.error = Some(e);
+            self.fail_all(w, later);
+            return false;
+        }
+        self.durable_next = self.durable_next.max(w.end_seq);
+        for (key, seq) in w.new_ids {
+            self.remember(key, seq);
+        }
+        for (reply, seq) in w.waiting {
+            let _ = reply.send(Ok(seq));
+        }
+        for frame in &w.frames {
+            self.fan_out(frame);
+        }
+        true
+    }
+
+    /// Refuses a failed batch and everything written after it. Later batches
+    /// may have reached the disk all the same: their senders retry, and the
+    /// reloaded room answers the retries from the log.
+    fn fail_all(&mut self, w: InFlight, later: &mut VecDeque<InFlight>) {
+        let error = w.error.clone().unwrap_or_else(|| internal("log write failed"));
+        tracing::error!(room = %self.name, "a log write failed; the room restarts from storage");
+        for w in std::iter::once(w).chain(later.drain(..)) {
+            for (reply, _) in w.waiting {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
     }
 
     fn not_a_member(&self) -> ErrorBody {
@@ -183,8 +284,10 @@ impl RoomActor {
         }
     }
 
-    async fn sends(&mut self, batch: Vec<RoomCmd>) {
-        let first_seq = self.next_seq;
+    /// Checks and numbers a batch of sends and submits it to the log
+    /// writer. `Ok(None)`: nothing to write (all refused or duplicates of
+    /// durable messages, answered). `Err`: the submission failed.
+    async fn sends(&mut self, batch: Vec<RoomCmd>) -> Result<Option<InFlight>, InFlight> {
         let time_ms = now_ms();
         let mut ops = Vec::new();
         let mut frames = Vec::new();
@@ -199,8 +302,9 @@ impl RoomActor {
             }
             let key = (from.user, from.device, client_msg_id);
             if let Some(seq) = self.recent.get(&key).or_else(|| in_batch.get(&key)) {
-                // A retry after a lost ack: answer with the original number.
-                if *seq < first_seq {
+                // A retry after a lost ack: answer with the original number,
+                // once it is durable (it may be in a batch still in flight).
+                if *seq < self.durable_next {
                     let _ = reply.send(Ok(*seq));
                 } else {
                     waiting.push((reply, *seq));
@@ -241,24 +345,35 @@ impl RoomActor {
             new_ids.push((key, seq));
             waiting.push((reply, seq));
         }
-        if !ops.is_empty() {
-            if let Err(e) = self.shared.log_writer.write(ops).await {
-                // Nothing of the batch was stored: give the numbers back.
-                self.next_seq = first_seq;
-                for (reply, _) in waiting {
-                    let _ = reply.send(Err(e.clone()));
-                }
-                return;
+        let mut w = InFlight {
+            done: Box::pin(std::future::ready(Ok(()))),
+            waiting,
+            frames,
+            new_ids,
+            error: None,
+            end_seq: self.next_seq,
+        };
+        if ops.is_empty() {
+            if w.waiting.is_empty() {
+                return Ok(None);
             }
+            // Only retries of messages still in flight: answer with their batch.
+            return Ok(Some(w));
         }
-        for (key, seq) in new_ids {
-            self.remember(key, seq);
+        // Remembered now, so that a retry arriving while this batch is in
+        // flight is recognised; forgotten with the actor if the write fails.
+        for (key, seq) in &w.new_ids {
+            self.recent.insert(*key, *seq);
         }
-        for (reply, seq) in waiting {
-            let _ = reply.send(Ok(seq));
-        }
-        for frame in &frames {
-            self.fan_out(frame);
+        match self.shared.log_writer.submit(ops).await {
+            Ok(done) => {
+                w.done = Box::pin(done);
+                Ok(Some(w))
+            }
+            Err(e) => {
+                w.error = Some(e);
+                Err(w)
+            }
         }
     }
 

@@ -131,9 +131,19 @@ impl RoomHandle {
 
     /// Sends a command built around a reply channel and awaits the answer.
     pub async fn ask<T>(&self, make: impl FnOnce(Reply<T>) -> RoomCmd) -> Result<T, ErrorBody> {
+        self.start(make).await?.await
+    }
+
+    /// Queues a command built around a reply channel, in order, and returns
+    /// the answer to await later: commands started one after another are
+    /// handled in that order, while the caller goes on.
+    pub async fn start<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> RoomCmd,
+    ) -> Result<impl std::future::Future<Output = Result<T, ErrorBody>>, ErrorBody> {
         let (tx, rx) = oneshot::channel();
         self.send(make(tx)).await?;
-        rx.await.map_err(|_| gone())?
+        Ok(async move { rx.await.map_err(|_| gone())? })
     }
 }
 

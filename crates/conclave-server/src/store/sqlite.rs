@@ -124,10 +124,10 @@ pub struct SqliteStore {
     log_conn: Mutex<Connection>,
 }
 
-fn open_conn(path: &Path) -> Result<Connection, StoreError> {
+fn open_conn(path: &Path, fsync: bool) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(db)?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
-    conn.pragma_update(None, "synchronous", "FULL").map_err(db)?;
+    conn.pragma_update(None, "synchronous", if fsync { "FULL" } else { "OFF" }).map_err(db)?;
     conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
     conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(db)?;
     Ok(conn)
@@ -137,10 +137,17 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and brings its schema
     /// up to date. A new file is created readable by its owner only.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_with(path, true)
+    }
+
+    /// Like [`SqliteStore::open`]; with `fsync` false, SQLite does not wait
+    /// for the disk (`synchronous = OFF`): a power failure can lose the last
+    /// acknowledged writes. Only for measuring what durability costs.
+    pub fn open_with(path: &Path, fsync: bool) -> Result<Self, StoreError> {
         crate::fs::create_private_file(path)
             .map_err(|e| StoreError::Database(format!("cannot create {}: {e}", path.display())))?;
-        let conn = open_conn(path)?;
-        let store = Self { conn: Mutex::new(conn), log_conn: Mutex::new(open_conn(path)?) };
+        let conn = open_conn(path, fsync)?;
+        let store = Self { conn: Mutex::new(conn), log_conn: Mutex::new(open_conn(path, fsync)?) };
         store.migrate()?;
         Ok(store)
     }

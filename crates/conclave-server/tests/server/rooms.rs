@@ -459,11 +459,20 @@ async fn a_subscriber_that_does_not_read_is_disconnected_and_loses_nothing() {
         }
     }
 
-    // Far more than the socket buffers and the 4-frame queue can hold.
+    // Far more than the socket buffers and the 4-frame queue can hold: send
+    // until the server has let Bob go (he shows offline), and stop there, so
+    // that Bob reads his last frames before the server stops waiting for him.
     let big = "x".repeat(60 * 1024);
-    for i in 0..150 {
-        alice.chat.send("lab", &format!("{i} {big}")).await.unwrap();
+    let mut sent = 0;
+    while sent < 400 {
+        alice.chat.send("lab", &format!("{sent} {big}")).await.unwrap();
+        sent += 1;
+        let members = alice.chat.members("lab").await.unwrap();
+        if members.iter().any(|m| m.username == "bob" && !m.online) {
+            break;
+        }
     }
+    assert!(sent < 400, "Bob was never disconnected");
     // Bob's connection was closed with a clear reason after what was queued.
     let mut last = None;
     while let Some(frame) = raw.recv().await {
@@ -480,8 +489,8 @@ async fn a_subscriber_that_does_not_read_is_disconnected_and_loses_nothing() {
     let mut bob = bob;
     bob.reconnect(&s).await;
     let got = bob.messages("lab").await;
-    assert_eq!(got.len(), 150);
-    assert!(got[149].starts_with("alice: 149 "));
+    assert_eq!(got.len(), sent);
+    assert!(got[sent - 1].starts_with(&format!("alice: {} ", sent - 1)));
     s.stop().await;
 }
 
