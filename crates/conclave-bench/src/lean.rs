@@ -104,9 +104,20 @@ impl Lean {
 
     /// Sends a request and waits for its answer, skipping events.
     pub async fn request(&mut self, body: Request) -> Result<Response> {
+        let id = self.start(body).await?;
+        self.answer(id).await
+    }
+
+    /// Sends a request without waiting for its answer.
+    pub async fn start(&mut self, body: Request) -> Result<RequestId> {
         let id = RequestId(self.next_id);
         self.next_id += 1;
         self.stream.write_all(&encode_to_bytes(&ClientFrame::Request { id, body })?).await?;
+        Ok(id)
+    }
+
+    /// Waits for the answer to request `id`, skipping events.
+    pub async fn answer(&mut self, id: RequestId) -> Result<Response> {
         loop {
             match self.frame().await? {
                 ServerFrame::Response { id: got, body } if got == id => return Ok(body),

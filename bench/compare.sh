@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Conclave against the IRC servers of ../shared/peer, round by round (the machine's speed drifts,
+# so servers are compared within the same minutes), and the ratios.
+#
+#   bench/compare.sh [ROUNDS] [pinned|unpinned]      default: 3 pinned
+#
+# Pinned: each server on CPU 0, its load generator on CPU 1 with one thread (the peers' method,
+# ../shared/peer/README.md §4); unpinned: no taskset, two load-generator threads.
+# Needs root the first time: the peers' setup.sh installs ngIRCd and InspIRCd from Debian and
+# builds their load generator. The peer folder is copied to target/peer (shared/ is read-only);
+# PEER_DIR overrides. Everything listens on 127.0.0.1 only, every run is bounded (timeout).
+# Raw output goes to target/compare/*.txt; the summary is printed at the end.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+ROUNDS=${1:-3}
+MODE=${2:-pinned}
+PEER_SRC=${PEER_SRC:-$ROOT/../shared/peer}
+PEER_DIR=${PEER_DIR:-$ROOT/target/peer}
+OUT_DIR=$ROOT/target/compare
+mkdir -p "$OUT_DIR"
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+RAW=$OUT_DIR/compare-$STAMP-$MODE.txt
+SUMMARY=$OUT_DIR/compare-$STAMP-$MODE.tsv
+
+if [ ! -x "$PEER_DIR/ircload/target/release/ircload" ]; then
+  [ -d "$PEER_SRC" ] || { echo "compare.sh: no peer folder at $PEER_SRC (set PEER_SRC)" >&2; exit 1; }
+  mkdir -p "$PEER_DIR" && cp -r "$PEER_SRC"/. "$PEER_DIR"/ && chmod -R u+w "$PEER_DIR"
+  # InspIRCd runs as user irc and must reach the folder.
+  d=$PEER_DIR; while [ "$d" != / ]; do chmod o+x "$d" 2>/dev/null; d=$(dirname "$d"); done
+  (cd "$PEER_DIR" && ./setup.sh) || { echo "compare.sh: the peers' setup.sh failed" >&2; exit 1; }
+fi
+cargo build --release -p conclave -p conclave-bench || exit 1
+BENCH=$ROOT/target/release/conclave-bench
+IRCLOAD=$PEER_DIR/ircload/target/release/ircload
+
+if [ "$MODE" = pinned ]; then
+  L_IRC=(taskset -c 1 "$IRCLOAD" --threads 1); PIN=0
+  L_CON=(taskset -c 1 "$BENCH" --threads 1 --server-cpus 0)
+else
+  L_IRC=("$IRCLOAD" --threads 2); PIN=
+  L_CON=("$BENCH" --threads 2)
+fi
+
+# name | ircload/conclave-bench fanout arguments
+CONFIGS=(
+  "100x10x1000|--members 100 --senders 10 --messages 1000 --size 200"
+  "1000x1x100|--members 1000 --senders 1 --messages 100 --size 200"
+  "paced-100x10-20/s|--members 100 --senders 10 --messages 100 --size 200 --rate 20"
+)
+
+printf 'round\tserver\tconfig\tdeliveries_per_s\tp99_ms\tlost\n' > "$SUMMARY"
+record() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >> "$SUMMARY"; }
+
+for round in $(seq 1 "$ROUNDS"); do
+  for S in ngircd inspircd conclave; do
+    for entry in "${CONFIGS[@]}"; do
+      cfg=${entry%%|*}; args=${entry#*|}
+      echo "### round $round [$S] $cfg ($MODE)" | tee -a "$RAW"
+      if [ "$S" = conclave ]; then
+        json=$(timeout 400 "${L_CON[@]}" --max-secs 300 --concurrency 256 --json fanout $args 2>>"$RAW")
+        echo "$json" >> "$RAW"
+        read -r dps p99 lost < <(python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print(d["deliveries_per_s"], d["latency"]["p99_ms"], d["lost"])' <<<"$json" 2>/dev/null || echo "- - -")
+      else
+        EXTRA=(); [ "$S" = ngircd ] && EXTRA=(--sender-cmd "OPER bench benchpw" --sender-cmd "MODE {nick} +F")
+        C=16; [ "$S" = inspircd ] && C=1000
+        (cd "$PEER_DIR" && ./peer.sh stop $S >/dev/null 2>&1)
+        P=$(cd "$PEER_DIR" && ./peer.sh start $S $PIN 2>>"$RAW") || { echo "start failed: $S" | tee -a "$RAW"; continue; }
+        sleep 0.5
+        text=$(cd "$PEER_DIR" && timeout 130 "${L_IRC[@]}" --server-pid "$P" --max-secs 60 --concurrency $C "${EXTRA[@]}" fanout $args 2>&1)
+        echo "$text" >> "$RAW"
+        (cd "$PEER_DIR" && ./peer.sh stop $S >/dev/null)
+        dps=$(grep -o -- '-> [0-9]* deliveries/s' <<<"$text" | grep -o '[0-9]*' || echo -)
+        p99=$(grep -o 'p99=[0-9.]*ms' <<<"$text" | head -1 | grep -o '[0-9.]*' || echo -)
+        lost=$(grep -o 'lost=[0-9]*' <<<"$text" | head -1 | grep -o '[0-9]*' || echo -)
+      fi
+      record "$round" "$S" "$cfg" "${dps:--}" "${p99:--}" "${lost:--}"
+      echo "    deliveries/s=${dps:--} p99=${p99:--}ms lost=${lost:--}"
+    done
+  done
+done
+
+python3 - "$SUMMARY" "$MODE" <<'PY'
+import csv, statistics, sys
+rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
+def num(x):
+    try: return float(x)
+    except ValueError: return None
+print(f"\nmedians over rounds ({sys.argv[2]}); raw: {sys.argv[1]}")
+for cfg in dict.fromkeys(r["config"] for r in rows):
+    med = {}
+    for s in ("ngircd", "inspircd", "conclave"):
+        d = [num(r["deliveries_per_s"]) for r in rows if r["config"] == cfg and r["server"] == s]
+        p = [num(r["p99_ms"]) for r in rows if r["config"] == cfg and r["server"] == s]
+        d = [x for x in d if x is not None]; p = [x for x in p if x is not None]
+        med[s] = (statistics.median(d) if d else None, statistics.median(p) if p else None)
+    best = max((med[s][0] or 0) for s in ("ngircd", "inspircd"))
+    line = "  ".join(f"{s} {med[s][0] or 0:,.0f}/s p99 {med[s][1] if med[s][1] is not None else '-'} ms" for s in med)
+    ratio = f"{(med['conclave'][0] or 0) / best:.2f}x best peer" if best else "-"
+    print(f"{cfg:>20}: {line}  -> conclave {ratio}")
+PY
