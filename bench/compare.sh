@@ -71,7 +71,7 @@ for round in $(seq 1 "$ROUNDS"); do
         echo "$text" >> "$RAW"
         (cd "$PEER_DIR" && ./peer.sh stop $S >/dev/null)
         dps=$(grep -o -- '-> [0-9]* deliveries/s' <<<"$text" | grep -o '[0-9]*' || echo -)
-        p99=$(grep -o 'p99=[0-9.]*ms' <<<"$text" | head -1 | grep -o '[0-9.]*' || echo -)
+        p99=$(grep -o 'p99=[0-9.]*ms' <<<"$text" | head -1 | sed 's/p99=//; s/ms//' || echo -)
         lost=$(grep -o 'lost=[0-9]*' <<<"$text" | head -1 | grep -o '[0-9]*' || echo -)
       fi
       record "$round" "$S" "$cfg" "${dps:--}" "${p99:--}" "${lost:--}"
@@ -95,7 +95,10 @@ for cfg in dict.fromkeys(r["config"] for r in rows):
         d = [x for x in d if x is not None]; p = [x for x in p if x is not None]
         med[s] = (statistics.median(d) if d else None, statistics.median(p) if p else None)
     best = max((med[s][0] or 0) for s in ("ngircd", "inspircd"))
-    line = "  ".join(f"{s} {med[s][0] or 0:,.0f}/s p99 {med[s][1] if med[s][1] is not None else '-'} ms" for s in med)
+    def show(s):
+        d, p = med[s]
+        return f"{s} {d or 0:,.0f}/s p99 {'-' if p is None else f'{p:.1f}'} ms"
+    line = "  ".join(show(s) for s in med)
     ratio = f"{(med['conclave'][0] or 0) / best:.2f}x best peer" if best else "-"
     print(f"{cfg:>20}: {line}  -> conclave {ratio}")
 PY

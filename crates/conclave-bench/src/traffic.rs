@@ -177,12 +177,14 @@ impl Counter {
 
 /// Runs the load in `room`. Senders' messages are encrypted (real MLS, with
 /// each sender's own client state) before the clock starts.
-/// `on_start` learns the instant the clock started (samples are measured from it).
+/// `on_start` learns the instant the clock started (samples are measured from it);
+/// with a `gate`, the clock starts once every run sharing it has encrypted.
 pub async fn run(
     room: Room,
     load: Load,
     cpu: impl Fn() -> Option<f64>,
     on_start: Option<tokio::sync::oneshot::Sender<Instant>>,
+    gate: Option<Arc<tokio::sync::Barrier>>,
 ) -> Result<(Outcome, Room)> {
     let Room { name, mut chats, plain, mut events, usernames, head_seq } = room;
     let members = usernames.len();
@@ -202,6 +204,9 @@ pub async fn run(
     let sender_index: Arc<HashMap<String, usize>> =
         Arc::new(usernames.iter().take(senders).enumerate().map(|(s, u)| (u.clone(), s)).collect());
 
+    if let Some(gate) = gate {
+        gate.wait().await;
+    }
     let shared = Arc::new(Shared {
         start: Instant::now(),
         sent_at: (0..senders * k_total).map(|_| AtomicU64::new(0)).collect(),

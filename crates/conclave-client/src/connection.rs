@@ -314,11 +314,25 @@ async fn read_frame(
     }
 }
 
+/// Bytes gathered into one write at most.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// Writes queued frames, as many as are waiting in one write (one TLS record
+/// and one system call for a burst of pipelined requests).
 async fn write_loop(mut wr: WriteHalf<TlsStream<TcpStream>>, mut rx: mpsc::Receiver<Bytes>) {
+    let mut batch = BytesMut::new();
     while let Some(frame) = rx.recv().await {
-        if wr.write_all(&frame).await.is_err() || wr.flush().await.is_err() {
+        batch.extend_from_slice(&frame);
+        while batch.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(more) => batch.extend_from_slice(&more),
+                Err(_) => break,
+            }
+        }
+        if wr.write_all(&batch).await.is_err() || wr.flush().await.is_err() {
             return;
         }
+        batch.clear();
     }
     let _ = wr.shutdown().await;
 }

@@ -91,6 +91,7 @@ pub enum Request {
         /// Single-use KeyPackages.
         key_packages: Vec<Vec<u8>>,
         /// A replacement last-resort KeyPackage.
+        #[serde(with = "serde_bytes")]
         last_resort: Option<Vec<u8>>,
     },
     /// How many KeyPackages of this device the server holds.
@@ -100,8 +101,10 @@ pub enum Request {
         /// The room's name.
         name: String,
         /// The MLS group id.
+        #[serde(with = "serde_bytes")]
         group_id: Vec<u8>,
         /// The group's GroupInfo (MLSMessage bytes) with the ratchet tree.
+        #[serde(with = "serde_bytes")]
         group_info: Vec<u8>,
     },
     /// The rooms you are a member of.
@@ -119,10 +122,13 @@ pub enum Request {
         /// The room.
         room: String,
         /// MLSMessage(PublicMessage) bytes.
+        #[serde(with = "serde_bytes")]
         commit: Vec<u8>,
         /// MLSMessage(Welcome) bytes, when the commit adds devices.
+        #[serde(with = "serde_bytes")]
         welcome: Option<Vec<u8>>,
         /// GroupInfo of the new epoch, with the ratchet tree.
+        #[serde(with = "serde_bytes")]
         group_info: Vec<u8>,
     },
     /// The room's latest GroupInfo, to join it by external commit.
@@ -137,6 +143,7 @@ pub enum Request {
         /// A random id; a retry with the same id is stored once.
         client_msg_id: u64,
         /// MLSMessage(PrivateMessage) bytes.
+        #[serde(with = "serde_bytes")]
         ciphertext: Vec<u8>,
     },
     /// The room's log after `after_seq`, oldest first, at most `limit` entries.
@@ -192,8 +199,10 @@ pub struct Register {
     /// An invitation token, for servers that require one.
     pub token: Option<String>,
     /// The new device's Ed25519 public key, 32 bytes.
+    #[serde(with = "serde_bytes")]
     pub device_key: Vec<u8>,
     /// Ed25519 signature of [`crate::auth_message`] by `device_key`, 64 bytes.
+    #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
 }
 
@@ -205,8 +214,10 @@ pub struct Login {
     /// Its password.
     pub password: Password,
     /// The new device's Ed25519 public key, 32 bytes.
+    #[serde(with = "serde_bytes")]
     pub device_key: Vec<u8>,
     /// Ed25519 signature of [`crate::auth_message`] by `device_key`, 64 bytes.
+    #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
 }
 
@@ -214,8 +225,10 @@ pub struct Login {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Authenticate {
     /// The device's Ed25519 public key, 32 bytes.
+    #[serde(with = "serde_bytes")]
     pub device_key: Vec<u8>,
     /// Ed25519 signature of [`crate::auth_message`] by `device_key`, 64 bytes.
+    #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
 }
 
@@ -250,6 +263,7 @@ pub enum Response {
         /// The epoch it describes.
         epoch: u64,
         /// MLSMessage(GroupInfo) bytes with the ratchet tree.
+        #[serde(with = "serde_bytes")]
         group_info: Vec<u8>,
     },
     /// Answers `Sync`.

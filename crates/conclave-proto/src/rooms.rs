@@ -74,6 +74,7 @@ pub enum EntryBody {
     /// with the membership change it made, as the server understood it.
     Commit {
         /// The MLSMessage bytes of the commit.
+        #[serde(with = "serde_bytes")]
         commit: Vec<u8>,
         /// Users who joined the room through it.
         added: Vec<String>,
@@ -85,6 +86,7 @@ pub enum EntryBody {
         /// The sender's id for it, so a retry is stored once.
         client_msg_id: u64,
         /// The MLSMessage bytes.
+        #[serde(with = "serde_bytes")]
         ciphertext: Vec<u8>,
     },
     /// `user` left the room (the server stopped delivering to them here).
@@ -107,6 +109,7 @@ pub struct RoomSummary {
     /// The room's name.
     pub name: String,
     /// The MLS group id.
+    #[serde(with = "serde_bytes")]
     pub group_id: Vec<u8>,
     /// Your role in it.
     pub role: Role,
@@ -139,6 +142,7 @@ pub struct ClaimedKeyPackage {
     /// The device number.
     pub device_id: u32,
     /// MLSMessage(KeyPackage) bytes.
+    #[serde(with = "serde_bytes")]
     pub key_package: Vec<u8>,
 }
 
@@ -148,10 +152,12 @@ pub struct WelcomeItem {
     /// The room.
     pub room: String,
     /// Its MLS group id.
+    #[serde(with = "serde_bytes")]
     pub group_id: Vec<u8>,
     /// The sequence number of the commit that added you: read the log after it.
     pub joined_seq: u64,
     /// MLSMessage(Welcome) bytes.
+    #[serde(with = "serde_bytes")]
     pub welcome: Vec<u8>,
 }
 
