@@ -2,6 +2,8 @@
 //! bench: the `conclave` binary beside it, as `cargo test --workspace`
 //! builds it): the instrument works and counts right. No timing assertions.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::{Command, Output};
 
 use serde_json::Value;

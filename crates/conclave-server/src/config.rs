@@ -124,7 +124,10 @@ impl Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
-            argon2_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            // One core is left to chat traffic, so a login storm cannot
+            // stall it (BENCHMARKS.md, `login`); at least one hash at a time.
+            argon2_threads: std::thread::available_parallelism()
+                .map_or(1, |n| n.get().saturating_sub(1).max(1)),
             free_login_failures: DEFAULT_FREE_LOGIN_FAILURES,
             login_backoff: DEFAULT_LOGIN_BACKOFF,
             max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,

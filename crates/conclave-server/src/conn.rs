@@ -41,7 +41,9 @@ pub struct FrameReader<R> {
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// A reader accepting frames up to `max_len` bytes.
     pub fn new(inner: R, max_len: usize) -> Self {
-        Self { inner, buf: BytesMut::with_capacity(4096), max_len }
+        // Small: an idle connection keeps this buffer (BENCHMARKS.md, memory).
+        // A frame longer than it grows it as it arrives.
+        Self { inner, buf: BytesMut::with_capacity(1024), max_len }
     }
 
     /// The next frame, or `None` when the peer closed cleanly between frames.
@@ -50,8 +52,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(frame) = decode(&mut self.buf, self.max_len)? {
                 return Ok(Some(frame));
             }
-            if self.buf.capacity() - self.buf.len() < 1024 {
-                self.buf.reserve(4096);
+            if self.buf.capacity() - self.buf.len() < 512 {
+                self.buf.reserve(1024.max(self.buf.len()));
             }
             if self.inner.read_buf(&mut self.buf).await? == 0 {
                 return if self.buf.is_empty() { Ok(None) } else { Err(ReadError::Truncated) };

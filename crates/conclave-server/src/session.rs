@@ -178,7 +178,9 @@ pub async fn run<S>(
                 break;
             }
         };
-        match session.handle(state, frame).await {
+        // Boxed: the handling of a request (MLS checks, store calls) needs a
+        // large future; boxed, an idle connection does not keep room for it.
+        match Box::pin(session.handle(state, frame)).await {
             Flow::Continue(next) => state = next,
             Flow::Close(last) => {
                 state = last;
