@@ -65,6 +65,7 @@ impl Lean {
             client: "conclave-bench".into(),
         });
         stream.write_all(&encode_to_bytes(&hello)?).await?;
+        stream.flush().await?;
         let mut lean = Lean {
             stream,
             buf: BytesMut::with_capacity(64 * 1024),
@@ -113,6 +114,9 @@ impl Lean {
         let id = RequestId(self.next_id);
         self.next_id += 1;
         self.stream.write_all(&encode_to_bytes(&ClientFrame::Request { id, body })?).await?;
+        // A TLS stream may keep the record buffered (for instance when the
+        // task's I/O budget ran out mid-write): flush, or it may never leave.
+        self.stream.flush().await?;
         Ok(id)
     }
 

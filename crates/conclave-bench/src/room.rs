@@ -84,16 +84,14 @@ pub async fn setup(
             }
         }
     }
-    // Sixteen at a time: all at once, 150 lean members stalled (noted in
-    // BENCHMARKS.md; not yet diagnosed).
-    for chunk in plain.chunks_mut(16) {
-        let mut ids = Vec::with_capacity(chunk.len());
-        for c in chunk.iter_mut() {
-            ids.push(c.start(Request::Subscribe).await?);
-        }
-        for (c, id) in chunk.iter_mut().zip(ids) {
-            c.answer(id).await?;
-        }
+    // All at once on the server's side; the answers are read one member
+    // after another.
+    let mut ids = Vec::with_capacity(plain.len());
+    for c in plain.iter_mut() {
+        ids.push(c.start(Request::Subscribe).await?);
+    }
+    for (c, id) in plain.iter_mut().zip(ids) {
+        c.answer(id).await?;
     }
     Ok(Room { name: name.to_owned(), chats, plain, events, usernames, head_seq })
 }
