@@ -38,19 +38,41 @@ pub async fn connect_all(
     concurrency: usize,
     what: &str,
 ) -> Result<Vec<Connected>> {
+    let (target, accounts) = (target.clone(), accounts.clone());
+    bounded(range, concurrency, what, move |i| {
+        let (target, accounts) = (target.clone(), accounts.clone());
+        async move {
+            connect(&target, &accounts[i])
+                .await
+                .with_context(|| format!("connecting {}", accounts[i].username))
+        }
+    })
+    .await
+}
+
+/// Runs `job(i)` for every `i` in `range`, at most `concurrency` at once,
+/// with a progress bar; the results in order, or the first failure.
+pub async fn bounded<T, F, Fut>(
+    range: std::ops::Range<usize>,
+    concurrency: usize,
+    what: &str,
+    job: F,
+) -> Result<Vec<T>>
+where
+    T: Send + 'static,
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+{
     let bar = crate::progress(range.len() as u64, what);
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
     let mut tasks = Vec::with_capacity(range.len());
     for i in range {
-        let (target, accounts, permits, bar) =
-            (target.clone(), accounts.clone(), permits.clone(), bar.clone());
+        let (permits, bar, work) = (permits.clone(), bar.clone(), job(i));
         tasks.push(tokio::spawn(async move {
             let _permit = permits.acquire_owned().await?;
-            let c = connect(&target, &accounts[i])
-                .await
-                .with_context(|| format!("connecting {}", accounts[i].username))?;
+            let out = work.await?;
             bar.inc(1);
-            anyhow::Ok(c)
+            anyhow::Ok(out)
         }));
     }
     let mut out = Vec::with_capacity(tasks.len());

@@ -105,29 +105,19 @@ async fn connect_lean(
     concurrency: usize,
     dir: &Path,
 ) -> Result<Vec<Lean>> {
-    let bar = crate::progress(range.len() as u64, "connecting members");
-    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
-    let mut tasks = Vec::with_capacity(range.len());
-    for i in range {
-        let (target, accounts, permits, bar) =
-            (target.clone(), accounts.clone(), permits.clone(), bar.clone());
+    let (target, accounts, dir) = (target.clone(), accounts.clone(), dir.to_owned());
+    crate::client::bounded(range, concurrency, "connecting members", move |i| {
+        let (target, accounts) = (target.clone(), accounts.clone());
         let dir = dir.join(&accounts[i].username);
-        tasks.push(tokio::spawn(async move {
-            let _permit = permits.acquire_owned().await?;
+        async move {
             let account = &accounts[i];
             std::fs::create_dir_all(&dir)?;
             let mut lean = Lean::connect(&target, account)
                 .await
                 .with_context(|| format!("connecting {}", account.username))?;
             lean.upload_key_package(account, &dir).await?;
-            bar.inc(1);
-            anyhow::Ok(lean)
-        }));
-    }
-    let mut out = Vec::with_capacity(tasks.len());
-    for t in tasks {
-        out.push(t.await??);
-    }
-    bar.finish_and_clear();
-    Ok(out)
+            Ok(lean)
+        }
+    })
+    .await
 }
