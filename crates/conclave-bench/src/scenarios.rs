@@ -246,7 +246,6 @@ async fn durable(cli: &Cli, load: Load, fsync: bool) -> Result<Report> {
     }
     // One run for all rooms: merge them into one traffic run by giving each
     // sender its own room is not possible in one Room, so run them at once.
-    let start = Instant::now();
     let cpu_before = target.cpu_secs();
     let one = Load { senders: 1, ..load };
     // Every sender encrypts first; then all clocks start together.
@@ -269,7 +268,6 @@ async fn durable(cli: &Cli, load: Load, fsync: bool) -> Result<Report> {
         first_error = first_error.or(out.first_error);
         slowest = slowest.max(out.ack_elapsed);
     }
-    let wall = start.elapsed();
     let cpu = target.cpu_secs().zip(cpu_before).map(|(a, b)| a - b);
     let mut r = Report::default();
     r.put("fsync", if fsync { "on" } else { "off" });
@@ -283,7 +281,6 @@ async fn durable(cli: &Cli, load: Load, fsync: bool) -> Result<Report> {
     }
     r.put("slowest_sender_s", (slowest.as_secs_f64() * 1000.0).round() / 1000.0);
     r.put("acked_per_s", (acked as f64 / slowest.as_secs_f64().max(1e-9)).round());
-    let _ = wall;
     r.put("server_cpu_percent", cpu_percent(cpu, slowest));
     r.put("note", "each sender encrypts its messages before its clock starts; acked_per_s = all acks / slowest sender's first send → last ack");
     Ok(r)

@@ -17,23 +17,11 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{ok, open_chat, profile, run, Served};
+use common::{ok, open_chat, profile, run, Rng, Served};
 use conclave_client::ServerAddr;
 
 const CYCLES: usize = 20;
 const USERS: [&str; 3] = ["alice", "bob", "carol"];
-
-/// xorshift64*: enough randomness for crash timing, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
 
 #[tokio::test(flavor = "current_thread")]
 async fn acknowledged_messages_survive_sigkill_exactly_once_and_in_order() {

@@ -24,7 +24,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{ok, open_chat, profile, run, Served, BIN};
+use common::{ok, open_chat, profile, run, Rng, Served, BIN};
 use conclave_client::ServerAddr;
 
 const MESSAGES: usize = 300;
@@ -32,18 +32,6 @@ const KILLS: usize = 8;
 /// Longest a `tail` may run before the test calls it hung (not a timing
 /// assertion on the system's speed: a catch-up takes seconds).
 const HANG: Duration = Duration::from_secs(300);
-
-/// xorshift64*: enough randomness for kill timing, no dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
 
 /// How far bob's device has applied the room's log (0 before it joined).
 fn applied(profile: &Path) -> u64 {

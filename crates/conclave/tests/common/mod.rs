@@ -117,3 +117,16 @@ pub async fn open_chat(dir: &Path, addr: &ServerAddr) -> Option<Chat> {
     chat.resend_pending().await.ok()?;
     Some(chat)
 }
+
+/// xorshift64*: enough randomness for kill timing in the crash tests, no dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    /// The next number.
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+}
