@@ -5,12 +5,10 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use conclave_proto::ErrorBody;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-pub use crate::conn::{Outbox, QueueFull};
+pub use crate::conn::{Frames, Outbox, QueueFull};
 use crate::hub::SessionHandle;
 use crate::rooms::{RoomCmd, RoomHandle};
 use crate::store::{DeviceAccount, DeviceNo, Store, UserId};
@@ -18,9 +16,8 @@ use crate::{Config, Server, ServerError, Shared};
 
 /// An outbound queue of `capacity` frames with no writer task behind it: the
 /// caller takes the frames off the receiver.
-pub fn outbox(capacity: usize) -> (Outbox, mpsc::Receiver<Bytes>) {
-    let (outbox, frames, _last_word) = Outbox::new(capacity);
-    (outbox, frames)
+pub fn outbox(capacity: usize) -> (Outbox, Frames) {
+    Outbox::new(capacity)
 }
 
 /// A server's state (database, log writer, room registry), set up exactly as
@@ -65,7 +62,7 @@ impl Room {
         user: UserId,
         device: DeviceNo,
         capacity: usize,
-    ) -> Result<mpsc::Receiver<Bytes>, ErrorBody> {
+    ) -> Result<Frames, ErrorBody> {
         let (outbox, frames) = outbox(capacity);
         let conn = self.shared.hub.next_conn();
         let session = SessionHandle { conn, user, device, outbox, kick: CancellationToken::new() };

@@ -9,10 +9,13 @@
 
 use bytes::{Bytes, BytesMut};
 use conclave_proto::{decode, encode_to_bytes, ClientFrame, DecodeError, ServerFrame};
+use std::collections::VecDeque;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-
-use tokio::sync::{mpsc, oneshot};
+use std::task::{Context, Poll};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::Notify;
 
 /// Bytes gathered into one write at most.
 const WRITE_BATCH: usize = 64 * 1024;
@@ -41,9 +44,9 @@ pub struct FrameReader<R> {
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// A reader accepting frames up to `max_len` bytes.
     pub fn new(inner: R, max_len: usize) -> Self {
-        // Small: an idle connection keeps this buffer (BENCHMARKS.md, memory).
-        // A frame longer than it grows it as it arrives.
-        Self { inner, buf: BytesMut::with_capacity(1024), max_len }
+        // Allocated as frames arrive, given back while waiting between them
+        // (BENCHMARKS.md, memory).
+        Self { inner, buf: BytesMut::new(), max_len }
     }
 
     /// The next frame, or `None` when the peer closed cleanly between frames.
@@ -52,22 +55,97 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(frame) = decode(&mut self.buf, self.max_len)? {
                 return Ok(Some(frame));
             }
-            if self.buf.capacity() - self.buf.len() < 512 {
-                self.buf.reserve(1024.max(self.buf.len()));
-            }
-            if self.inner.read_buf(&mut self.buf).await? == 0 {
+            let read = if self.buf.is_empty() {
+                std::future::poll_fn(|cx| self.poll_between_frames(cx)).await?
+            } else {
+                if self.buf.capacity() - self.buf.len() < 512 {
+                    self.buf.reserve(1024.max(self.buf.len()));
+                }
+                self.inner.read_buf(&mut self.buf).await?
+            };
+            if read == 0 {
                 return if self.buf.is_empty() { Ok(None) } else { Err(ReadError::Truncated) };
+            }
+        }
+    }
+
+    /// Reads between frames, when nothing is buffered: into a chunk on the
+    /// stack, so that a connection waiting for its next frame (most of them,
+    /// most of the time) holds no read buffer; it is given back on waiting.
+    fn poll_between_frames(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        let mut chunk = [MaybeUninit::<u8>::uninit(); 4096];
+        let mut chunk = ReadBuf::uninit(&mut chunk);
+        match Pin::new(&mut self.inner).poll_read(cx, &mut chunk) {
+            Poll::Ready(Ok(())) => {
+                self.buf.extend_from_slice(chunk.filled());
+                Poll::Ready(Ok(chunk.filled().len()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                if self.buf.capacity() > 0 {
+                    self.buf = BytesMut::new();
+                }
+                Poll::Pending
             }
         }
     }
 }
 
+/// A connection's outbound queue: frames in order, and the last word, which
+/// goes ahead of them. Its storage grows with what is queued and is given
+/// back once drained, so an idle connection keeps almost nothing here
+/// (`tokio::sync::mpsc` would keep a block of 32 slots, ~1.4 KiB a
+/// connection; BENCHMARKS.md, memory).
+struct Queue {
+    state: Mutex<QueueState>,
+    /// Wakes the writer: something was queued, or the last outbox dropped.
+    ready: Notify,
+    capacity: usize,
+}
+
+#[derive(Default)]
+struct QueueState {
+    frames: VecDeque<Bytes>,
+    /// The connection's last word, once given.
+    last: Option<Bytes>,
+    /// No more frames are taken: the last word was given, or the writer is
+    /// gone.
+    closed: bool,
+    /// Live `Outbox` clones; the writer finishes when none is left.
+    senders: usize,
+}
+
+impl Queue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        // A panic while holding this lock leaves the state consistent (every
+        // change is one assignment or push), so a poisoned lock is used as is.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// The sending side of a connection's outbound queue.
-#[derive(Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<Bytes>,
-    /// The connection's last word: written ahead of anything still queued.
-    last: Arc<Mutex<Option<oneshot::Sender<Bytes>>>>,
+    queue: Arc<Queue>,
+}
+
+impl Clone for Outbox {
+    fn clone(&self) -> Self {
+        self.queue.lock().senders += 1;
+        Self { queue: self.queue.clone() }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        let last = {
+            let mut state = self.queue.lock();
+            state.senders -= 1;
+            state.senders == 0
+        };
+        if last {
+            self.queue.ready.notify_one();
+        }
+    }
 }
 
 /// The frame could not be queued: the connection is closing, or its queue is
@@ -77,17 +155,28 @@ pub struct Outbox {
 pub struct QueueFull;
 
 impl Outbox {
-    /// A queue of `capacity` frames, with the receivers a writer drains: the
-    /// frames, and the last word.
-    pub(crate) fn new(capacity: usize) -> (Self, mpsc::Receiver<Bytes>, oneshot::Receiver<Bytes>) {
-        let (tx, rx) = mpsc::channel::<Bytes>(capacity.max(1));
-        let (last_tx, last_rx) = oneshot::channel::<Bytes>();
-        (Self { tx, last: Arc::new(Mutex::new(Some(last_tx))) }, rx, last_rx)
+    /// A queue of at most `capacity` frames, and the receiving end a writer
+    /// drains.
+    pub(crate) fn new(capacity: usize) -> (Self, Frames) {
+        let queue = Arc::new(Queue {
+            state: Mutex::new(QueueState { senders: 1, ..QueueState::default() }),
+            ready: Notify::new(),
+            capacity: capacity.max(1),
+        });
+        (Self { queue: queue.clone() }, Frames { queue, spare: VecDeque::new() })
     }
 
     /// Queues an already-encoded frame without waiting.
     pub fn push(&self, frame: Bytes) -> Result<(), QueueFull> {
-        self.tx.try_send(frame).map_err(|_| QueueFull)
+        {
+            let mut state = self.queue.lock();
+            if state.closed || state.frames.len() >= self.queue.capacity {
+                return Err(QueueFull);
+            }
+            state.frames.push_back(frame);
+        }
+        self.queue.ready.notify_one();
+        Ok(())
     }
 
     /// Sends a final frame ahead of whatever is queued (which is dropped: a
@@ -95,9 +184,16 @@ impl Outbox {
     /// when the queue is full.
     pub fn close_with(&self, frame: &ServerFrame) {
         let Ok(bytes) = encode_to_bytes(frame) else { return };
-        if let Some(last) = self.last.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            let _ = last.send(bytes);
+        {
+            let mut state = self.queue.lock();
+            if state.closed {
+                return;
+            }
+            state.closed = true;
+            state.last = Some(bytes);
+            state.frames = VecDeque::new();
         }
+        self.queue.ready.notify_one();
     }
 
     /// Encodes and queues one frame.
@@ -113,8 +209,103 @@ impl Outbox {
     }
 }
 
+/// What the writer takes off the queue next.
+pub enum Next {
+    /// Frames, in order (the receiver's own buffer: drain it).
+    Frames,
+    /// The last word: write it, then close.
+    Last(Bytes),
+    /// Everything queued was taken and no more will come: every outbox is
+    /// gone, or the last word was taken.
+    Done,
+}
+
+/// The receiving end of a connection's outbound queue. Dropping it closes
+/// the queue: later pushes fail, as for a connection whose writer is gone.
+pub struct Frames {
+    queue: Arc<Queue>,
+    /// Frames taken off the queue in one go, in order.
+    spare: VecDeque<Bytes>,
+}
+
+impl Frames {
+    /// Waits for what there is to write; frames land in [`Frames::taken`].
+    pub async fn next(&mut self) -> Next {
+        if !self.spare.is_empty() {
+            return Next::Frames;
+        }
+        loop {
+            {
+                let mut state = self.queue.lock();
+                if let Some(last) = state.last.take() {
+                    return Next::Last(last);
+                }
+                if !state.frames.is_empty() {
+                    // Swap whole buffers: the lock is held for a moment only.
+                    std::mem::swap(&mut state.frames, &mut self.spare);
+                    return Next::Frames;
+                }
+                if state.senders == 0 || state.closed {
+                    return Next::Done;
+                }
+                // Give back room a burst needed once it is drained.
+                if state.frames.capacity() > SMALL_QUEUE {
+                    state.frames = VecDeque::new();
+                }
+            }
+            if self.spare.capacity() > SMALL_QUEUE {
+                self.spare = VecDeque::new();
+            }
+            self.queue.ready.notified().await;
+        }
+    }
+
+    /// The frames the last [`Next::Frames`] took, oldest first.
+    pub fn taken(&mut self) -> &mut VecDeque<Bytes> {
+        &mut self.spare
+    }
+
+    /// One frame, waiting for it; `None` once every outbox is gone or the
+    /// last word was given (which this returns first).
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(frame) = self.spare.pop_front() {
+                return Some(frame);
+            }
+            match self.next().await {
+                Next::Frames => {}
+                Next::Last(word) => return Some(word),
+                Next::Done => return None,
+            }
+        }
+    }
+
+    /// One frame if one is queued.
+    pub fn try_recv(&mut self) -> Option<Bytes> {
+        if let Some(frame) = self.spare.pop_front() {
+            return Some(frame);
+        }
+        let mut state = self.queue.lock();
+        std::mem::swap(&mut state.frames, &mut self.spare);
+        drop(state);
+        self.spare.pop_front()
+    }
+}
+
+impl Drop for Frames {
+    fn drop(&mut self) {
+        let mut state = self.queue.lock();
+        state.closed = true;
+        state.frames = VecDeque::new();
+    }
+}
+
+/// Queue capacity (in frames) kept between bursts.
+const SMALL_QUEUE: usize = 16;
+
 /// Starts the writer task for `wr`, returning its queue. The task ends, after
-/// flushing and closing the stream, when every `Outbox` is dropped.
+/// flushing and closing the stream, when every `Outbox` is dropped, or after
+/// writing the last word.
 pub fn spawn_writer<W>(
     mut wr: W,
     capacity: usize,
@@ -123,57 +314,199 @@ pub fn spawn_writer<W>(
 where
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (outbox, mut rx, last_rx) = Outbox::new(capacity);
+    let (outbox, mut frames) = Outbox::new(capacity);
     let handle = tracker.spawn(async move {
         let mut batch = BytesMut::new();
-        let mut last_rx = Some(last_rx);
         loop {
-            let last_word = async {
-                match last_rx.as_mut() {
-                    Some(rx) => rx.await.ok(),
-                    None => std::future::pending().await,
+            match frames.next().await {
+                Next::Frames => {}
+                Next::Last(word) => {
+                    let _ = wr.write_all(&word).await;
+                    let _ = wr.flush().await;
+                    break;
                 }
-            };
-            let first = tokio::select! {
-                biased;
-                word = last_word => {
-                    match word {
-                        Some(word) => {
-                            let _ = wr.write_all(&word).await;
-                            let _ = wr.flush().await;
-                            break;
-                        }
-                        // Every outbox is gone without a last word.
-                        None => {
-                            last_rx = None;
-                            continue;
+                Next::Done => break,
+            }
+            let taken = frames.taken();
+            while let Some(first) = taken.pop_front() {
+                let result = if taken.is_empty() {
+                    wr.write_all(&first).await
+                } else {
+                    batch.clear();
+                    batch.extend_from_slice(&first);
+                    while batch.len() < WRITE_BATCH {
+                        match taken.pop_front() {
+                            Some(more) => batch.extend_from_slice(&more),
+                            None => break,
                         }
                     }
+                    wr.write_all(&batch).await
+                };
+                if result.is_err() {
+                    return;
                 }
-                frame = rx.recv() => match frame {
-                    Some(frame) => frame,
-                    None => break,
-                },
-            };
-            let result = if rx.is_empty() {
-                wr.write_all(&first).await
-            } else {
-                batch.clear();
-                batch.extend_from_slice(&first);
-                while batch.len() < WRITE_BATCH {
-                    match rx.try_recv() {
-                        Ok(more) => batch.extend_from_slice(&more),
-                        Err(_) => break,
-                    }
-                }
-                wr.write_all(&batch).await
-            };
-            if result.is_err() || wr.flush().await.is_err() {
+            }
+            if wr.flush().await.is_err() {
                 return;
             }
+            // Given back between bursts, so an idle connection keeps none.
+            batch = BytesMut::new();
         }
         // Best effort: sends TLS close_notify and FIN.
         let _ = wr.shutdown().await;
     });
     (outbox, handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use conclave_proto::{encode_to_bytes, ClientFrame, Request, RequestId};
+    use tokio::io::AsyncWriteExt;
+
+    fn frame(n: u8) -> Bytes {
+        Bytes::from(vec![n; 3])
+    }
+
+    #[tokio::test]
+    async fn frames_leave_in_order_and_a_full_queue_refuses() {
+        let (outbox, mut frames) = Outbox::new(3);
+        for n in 0..3 {
+            outbox.push(frame(n)).unwrap();
+        }
+        assert!(outbox.push(frame(9)).is_err(), "a fourth frame must not fit");
+        assert_eq!(frames.recv().await, Some(frame(0)));
+        // Taken off the queue in one go: room again for three.
+        for n in 3..6 {
+            outbox.push(frame(n)).unwrap();
+        }
+        for n in 1..6 {
+            assert_eq!(frames.recv().await, Some(frame(n)));
+        }
+        assert_eq!(frames.try_recv(), None);
+    }
+
+    #[tokio::test]
+    async fn the_last_word_goes_first_and_closes() {
+        let (outbox, mut frames) = Outbox::new(8);
+        outbox.push(frame(1)).unwrap();
+        let bye = ServerFrame::Error {
+            id: None,
+            error: conclave_proto::ErrorBody::new(conclave_proto::ErrorCode::SHUTTING_DOWN, "bye"),
+        };
+        outbox.close_with(&bye);
+        assert!(outbox.push(frame(2)).is_err(), "nothing is taken after the last word");
+        assert_eq!(frames.recv().await, Some(encode_to_bytes(&bye).unwrap()));
+        assert_eq!(frames.recv().await, None, "what was queued before it is dropped");
+    }
+
+    #[tokio::test]
+    async fn the_receiver_ends_when_every_outbox_is_gone() {
+        let (outbox, mut frames) = Outbox::new(8);
+        let other = outbox.clone();
+        outbox.push(frame(1)).unwrap();
+        drop(outbox);
+        let waiter = tokio::spawn(async move {
+            let mut got = Vec::new();
+            while let Some(f) = frames.recv().await {
+                got.push(f);
+            }
+            got
+        });
+        tokio::task::yield_now().await;
+        other.push(frame(2)).unwrap();
+        drop(other);
+        assert_eq!(waiter.await.unwrap(), vec![frame(1), frame(2)]);
+    }
+
+    #[tokio::test]
+    async fn a_gone_receiver_refuses_frames() {
+        let (outbox, frames) = Outbox::new(8);
+        drop(frames);
+        assert!(outbox.push(frame(1)).is_err());
+    }
+
+    #[tokio::test]
+    async fn the_writer_writes_everything_queued_then_closes() {
+        let (client, server) = tokio::io::duplex(1 << 20);
+        let tracker = tokio_util::task::TaskTracker::new();
+        let (outbox, writer) = spawn_writer(server, 10_000, &tracker);
+        let mut expected = Vec::new();
+        for n in 0..5_000u32 {
+            let bytes = Bytes::from(n.to_le_bytes().repeat(5));
+            expected.extend_from_slice(&bytes);
+            outbox.push(bytes).unwrap();
+            if n % 1000 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+        drop(outbox);
+        let mut got = Vec::new();
+        let mut client = client;
+        client.read_to_end(&mut got).await.unwrap();
+        writer.await.unwrap();
+        assert_eq!(got, expected);
+    }
+
+    fn request(id: u64) -> Vec<u8> {
+        encode_to_bytes(&ClientFrame::Request { id: RequestId(id), body: Request::Ping }).unwrap().to_vec()
+    }
+
+    #[tokio::test]
+    async fn the_reader_takes_frames_in_any_pieces_and_keeps_no_buffer_while_waiting() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut reader = FrameReader::new(server, 1 << 20);
+        // Two frames in one write, then one split in three.
+        let mut both = request(1);
+        both.extend(request(2));
+        client.write_all(&both).await.unwrap();
+        let third = request(3);
+        for frame_id in 1..=2 {
+            let Some(ClientFrame::Request { id, .. }) = reader.next().await.unwrap() else { panic!() };
+            assert_eq!(id, RequestId(frame_id));
+        }
+        let (a, rest) = third.split_at(1);
+        let (b, c) = rest.split_at(rest.len() / 2);
+        let feed = async {
+            for piece in [a, b, c] {
+                client.write_all(piece).await.unwrap();
+                tokio::task::yield_now().await;
+            }
+            client
+        };
+        let (next, client) = tokio::join!(reader.next(), feed);
+        let Some(ClientFrame::Request { id, .. }) = next.unwrap() else { panic!() };
+        assert_eq!(id, RequestId(3));
+
+        // Waiting for the next frame: no buffer held.
+        let waiting = futures::poll!(Box::pin(reader.next()));
+        assert!(waiting.is_pending());
+        assert_eq!(reader.buf.capacity(), 0);
+
+        // A clean close between frames, then a close mid-frame.
+        drop(client);
+        assert!(reader.next().await.unwrap().is_none());
+        let (mut client, server) = tokio::io::duplex(64);
+        let mut reader = FrameReader::new(server, 1 << 20);
+        client.write_all(&request(4)[..2]).await.unwrap();
+        drop(client);
+        assert!(matches!(reader.next().await, Err(ReadError::Truncated)));
+    }
+
+    #[tokio::test]
+    async fn the_reader_takes_a_frame_larger_than_its_chunk() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut reader = FrameReader::new(server, 1 << 20);
+        let big = ClientFrame::Request {
+            id: RequestId(7),
+            body: Request::Send { room: "r".into(), client_msg_id: 1, ciphertext: vec![5; 100_000] },
+        };
+        let bytes = encode_to_bytes(&big).unwrap();
+        let write = async move { client.write_all(&bytes).await.unwrap() };
+        let (next, ()) = tokio::join!(reader.next(), write);
+        let Some(ClientFrame::Request { body: Request::Send { ciphertext, .. }, .. }) = next.unwrap() else {
+            panic!()
+        };
+        assert_eq!(ciphertext, vec![5; 100_000]);
+    }
 }

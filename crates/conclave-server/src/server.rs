@@ -158,7 +158,8 @@ impl Server {
     {
         let deadline = tokio::time::Instant::now() + self.shared.config.handshake_timeout;
         let info = session::ConnInfo { peer, nonce, exporter };
-        session::run(self.shared.clone(), stream, info, deadline, CancellationToken::new()).await;
+        let (rd, wr) = tokio::io::split(stream);
+        session::run(self.shared.clone(), rd, wr, info, deadline, CancellationToken::new()).await;
     }
 }
 

@@ -22,7 +22,7 @@ use conclave_proto::{
     EXPORTER_LABEL, EXPORTER_LEN, NONCE_LEN, PROTOCOL_VERSION,
 };
 use rand::RngCore;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::{timeout_at, Instant};
 use tokio_util::sync::CancellationToken;
@@ -65,7 +65,8 @@ struct Session {
     info: ConnInfo,
     outbox: Outbox,
     conn: ConnId,
-    /// Cancelled by a room whose events this session cannot keep up with.
+    /// Cancelled by a room whose events this session cannot keep up with,
+    /// and by the server's shutdown (a child of its token).
     kick: CancellationToken,
     /// Set once the session asked for live events.
     subscribed: Option<DeviceAccount>,
@@ -79,43 +80,64 @@ struct Session {
 /// reading until the room has stored some (TCP pushes back on the client).
 pub const MAX_SENDS_IN_FLIGHT: usize = 1024;
 
+type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
+
 /// Serves one accepted TCP connection until it closes.
 pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
     let deadline = Instant::now() + shared.config.handshake_timeout;
+    // Boxed: a connection in mid-handshake is large and short-lived; the
+    // future an idle connection keeps for its whole life does not make room
+    // for it (BENCHMARKS.md, memory).
+    let handshake = Box::pin(handshake(&shared, tcp, peer, deadline));
+    let Some((rd, wr, info)) = handshake.await else { return };
+    run(shared, rd, wr, info, deadline, shutdown).await;
+}
+
+/// The TLS handshake, bounded by `deadline`: the stream's two halves, and
+/// what the session needs to know of it.
+async fn handshake(
+    shared: &Shared,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Option<(ReadHalf<TlsStream>, WriteHalf<TlsStream>, ConnInfo)> {
     let tls = match timeout_at(deadline, shared.acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             tracing::info!(%peer, error = %e, "TLS handshake failed");
-            return;
+            return None;
         }
         Err(_) => {
             tracing::info!(%peer, "TLS handshake did not finish in time");
-            return;
+            return None;
         }
     };
     let mut exporter = [0u8; EXPORTER_LEN];
     if let Err(e) = tls.get_ref().1.export_keying_material(&mut exporter, EXPORTER_LABEL, None) {
         tracing::error!(%peer, error = %e, "TLS exporter failed");
-        return;
+        return None;
     }
     let mut nonce = [0u8; NONCE_LEN];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
-    run(shared, tls, ConnInfo { peer, nonce, exporter }, deadline, shutdown).await;
+    let (rd, wr) = tokio::io::split(tls);
+    Some((rd, wr, ConnInfo { peer, nonce, exporter }))
 }
 
-/// Runs the state machine over an established stream (TLS, or the fuzzer's
-/// in-memory pipe) until it closes. `deadline` bounds the climb to `Ready`.
-pub async fn run<S>(
+/// Runs the state machine over the two halves of an established stream (TLS,
+/// or the fuzzer's in-memory pipe) until it closes. `deadline` bounds the
+/// climb to `Ready`.
+pub async fn run<R, W>(
     shared: Arc<Shared>,
-    stream: S,
+    rd: R,
+    wr: W,
     info: ConnInfo,
     deadline: Instant,
     shutdown: CancellationToken,
 ) where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;
-    let (rd, wr) = tokio::io::split(stream);
     let (outbox, writer) = spawn_writer(wr, shared.config.outbound_queue, &shared.tracker);
     let mut reader = FrameReader::new(rd, shared.config.max_frame_len);
     let mut session = Session {
@@ -123,34 +145,38 @@ pub async fn run<S>(
         info,
         outbox,
         conn: shared.hub.next_conn(),
-        kick: CancellationToken::new(),
+        kick: shutdown.child_token(),
         subscribed: None,
         requests: crate::limits::RateLimit::new(shared.config.requests_per_second, std::time::Instant::now()),
         in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_SENDS_IN_FLIGHT)),
     };
     let mut state = State::AwaitingHello;
+    // Until `Ready`, the climb is bounded by the deadline; boxed so that an
+    // authenticated connection, which drops it, keeps no room for a timer.
+    let mut climb = Some(Box::pin(tokio::time::sleep_until(deadline)));
 
     loop {
-        let ready = matches!(state, State::Ready(_));
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => {
-                session.close_with(ErrorBody::new(ErrorCode::SHUTTING_DOWN, "server shutting down; reconnect later"));
-                break;
+        let deadline_passed = async {
+            match climb.as_mut() {
+                Some(sleep) => sleep.await,
+                None => std::future::pending().await,
             }
-            _ = session.kick.cancelled() => {
-                tracing::info!(%peer, "slow consumer disconnected");
-                session.close_with(ErrorBody::new(
-                    ErrorCode::SLOW_CONSUMER,
-                    "this connection fell too far behind; reconnect and sync from the log",
-                ));
-                break;
-            }
-            next = async {
-                if ready { Ok(reader.next().await) } else { timeout_at(deadline, reader.next()).await }
-            } => next,
         };
-        let frame = match next {
-            Err(_elapsed) => {
+        let next = tokio::select! {
+            // The kick token is a child of the shutdown token: one waiter for both.
+            _ = session.kick.cancelled() => {
+                if shutdown.is_cancelled() {
+                    session.close_with(ErrorBody::new(ErrorCode::SHUTTING_DOWN, "server shutting down; reconnect later"));
+                } else {
+                    tracing::info!(%peer, "slow consumer disconnected");
+                    session.close_with(ErrorBody::new(
+                        ErrorCode::SLOW_CONSUMER,
+                        "this connection fell too far behind; reconnect and sync from the log",
+                    ));
+                }
+                break;
+            }
+            _ = deadline_passed => {
                 tracing::info!(%peer, "handshake deadline passed");
                 session.close_with(ErrorBody::new(
                     ErrorCode::HANDSHAKE_TIMEOUT,
@@ -158,9 +184,12 @@ pub async fn run<S>(
                 ));
                 break;
             }
-            Ok(Ok(Some(frame))) => frame,
-            Ok(Ok(None)) => break,
-            Ok(Err(ReadError::Decode(DecodeError::TooLarge { len, max }))) => {
+            next = reader.next() => next,
+        };
+        let frame = match next {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(ReadError::Decode(DecodeError::TooLarge { len, max })) => {
                 tracing::info!(%peer, len, max, "frame too large");
                 session.close_with(ErrorBody::new(
                     ErrorCode::FRAME_TOO_LARGE,
@@ -168,20 +197,26 @@ pub async fn run<S>(
                 ));
                 break;
             }
-            Ok(Err(ReadError::Decode(e))) => {
+            Err(ReadError::Decode(e)) => {
                 tracing::info!(%peer, error = %e, "undecodable frame");
                 session.close_with(ErrorBody::new(ErrorCode::MALFORMED_FRAME, format!("{e}; closing")));
                 break;
             }
-            Ok(Err(e)) => {
+            Err(e) => {
                 tracing::debug!(%peer, error = %e, "read ended");
                 break;
             }
         };
         // Boxed: the handling of a request (MLS checks, store calls) needs a
         // large future; boxed, an idle connection does not keep room for it.
-        match Box::pin(session.handle(state, frame)).await {
-            Flow::Continue(next) => state = next,
+        let handling = Box::pin(session.handle(state, frame));
+        match handling.await {
+            Flow::Continue(next) => {
+                if matches!(next, State::Ready(_)) {
+                    climb = None;
+                }
+                state = next;
+            }
             Flow::Close(last) => {
                 state = last;
                 break;
@@ -191,7 +226,8 @@ pub async fn run<S>(
     if let State::Ready(account) = &state {
         tracing::debug!(%peer, user = %account.username, device = account.device.0, "session ended");
     }
-    session.unsubscribe().await;
+    let unsubscribe = Box::pin(session.unsubscribe());
+    unsubscribe.await;
     drop(session);
     // Let the writer flush what is queued (the error frame, say), bounded.
     let abort = writer.abort_handle();
@@ -466,5 +502,30 @@ impl Drop for ActiveGuard {
     fn drop(&mut self) {
         let active = self.shared.active.fetch_sub(1, Ordering::Relaxed) - 1;
         tracing::info!(peer = %self.peer, active, "connection closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Config, Server};
+
+    /// Most connections, most of the time, sit waiting for their next frame
+    /// inside this future: what it holds inline every idle connection pays
+    /// for (BENCHMARKS.md, memory). Large, rare states (the TLS handshake,
+    /// handling a request, unsubscribing) are boxed; this catches one that
+    /// slips back in.
+    #[tokio::test]
+    async fn a_connection_future_stays_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::new(dir.path());
+        config.listen = vec!["127.0.0.1:0".parse().unwrap()];
+        let server = Server::bind(config).await.unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let peer = tcp.local_addr().unwrap();
+        let connection = serve(server.shared().clone(), tcp, peer, CancellationToken::new());
+        let size = std::mem::size_of_val(&connection);
+        assert!(size <= 1536, "a connection's future takes {size} bytes; box what made it grow");
     }
 }
