@@ -4,6 +4,10 @@
 #
 #   bench/compare.sh [ROUNDS] [pinned|unpinned]      default: 3 pinned
 #
+# Each round runs the three fan-out configurations below on each server, then holds
+# IDLE_CLIENTS idle connections (default 10000; 0 skips) for memory per connection and connect
+# rate (the peers' clients register and join one of IDLE_CLIENTS/100 channels, their method).
+#
 # Pinned: each server on CPU 0, its load generator on CPU 1 with one thread (the peers' method,
 # ../shared/peer/README.md §4); unpinned: no taskset, two load-generator threads.
 # Needs root the first time: the peers' setup.sh installs ngIRCd and InspIRCd from Debian and
@@ -22,6 +26,8 @@ mkdir -p "$OUT_DIR"
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RAW=$OUT_DIR/compare-$STAMP-$MODE.txt
 SUMMARY=$OUT_DIR/compare-$STAMP-$MODE.tsv
+IDLE_SUMMARY=$OUT_DIR/compare-$STAMP-$MODE-idle.tsv
+IDLE_CLIENTS=${IDLE_CLIENTS:-10000}
 
 if [ ! -x "$PEER_DIR/ircload/target/release/ircload" ]; then
   [ -d "$PEER_SRC" ] || { echo "compare.sh: no peer folder at $PEER_SRC (set PEER_SRC)" >&2; exit 1; }
@@ -51,6 +57,8 @@ CONFIGS=(
 
 printf 'round\tserver\tconfig\tdeliveries_per_s\tp99_ms\tlost\n' > "$SUMMARY"
 record() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >> "$SUMMARY"; }
+printf 'round\tserver\tready\tconnects_per_s\tkib_per_conn\n' > "$IDLE_SUMMARY"
+record_idle() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$IDLE_SUMMARY"; }
 
 for round in $(seq 1 "$ROUNDS"); do
   for S in ngircd inspircd conclave; do
@@ -77,10 +85,31 @@ for round in $(seq 1 "$ROUNDS"); do
       record "$round" "$S" "$cfg" "${dps:--}" "${p99:--}" "${lost:--}"
       echo "    deliveries/s=${dps:--} p99=${p99:--}ms lost=${lost:--}"
     done
+    [ "$IDLE_CLIENTS" -gt 0 ] || continue
+    echo "### round $round [$S] idle $IDLE_CLIENTS ($MODE)" | tee -a "$RAW"
+    if [ "$S" = conclave ]; then
+      json=$(timeout 400 "${L_CON[@]}" --max-secs 300 --concurrency 256 --json idle --clients "$IDLE_CLIENTS" --hold 3 2>>"$RAW")
+      echo "$json" >> "$RAW"
+      read -r ready cps kib < <(python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print(d["ready"], d["connects_per_s"], d["kib_per_connection"])' <<<"$json" 2>/dev/null || echo "- - -")
+    else
+      C=16; [ "$S" = inspircd ] && C=1000
+      (cd "$PEER_DIR" && ./peer.sh stop $S >/dev/null 2>&1)
+      P=$(cd "$PEER_DIR" && ./peer.sh start $S $PIN 2>>"$RAW") || { echo "start failed: $S" | tee -a "$RAW"; continue; }
+      sleep 0.5
+      text=$(cd "$PEER_DIR" && timeout 130 "${L_IRC[@]}" --server-pid "$P" --max-secs 60 --concurrency $C idle --clients "$IDLE_CLIENTS" --channels $((IDLE_CLIENTS / 100 > 0 ? IDLE_CLIENTS / 100 : 1)) --hold 3 2>&1)
+      echo "$text" >> "$RAW"
+      (cd "$PEER_DIR" && ./peer.sh stop $S >/dev/null)
+      ready=$(grep -o 'setup: ready=[0-9]*' <<<"$text" | grep -o '[0-9]*' || echo -)
+      cps=$(grep -o -- '-> [0-9]* conn/s' <<<"$text" | grep -o '[0-9]*' || echo -)
+      bytes=$(grep -o -- '-> [0-9]* bytes/connection' <<<"$text" | grep -o '[0-9]*' || echo)
+      kib=$([ -n "$bytes" ] && python3 -c "print(round($bytes / 1024, 1))" || echo -)
+    fi
+    record_idle "$round" "$S" "${ready:--}" "${cps:--}" "${kib:--}"
+    echo "    ready=${ready:--} connects/s=${cps:--} KiB/conn=${kib:--}"
   done
 done
 
-python3 - "$SUMMARY" "$MODE" <<'PY'
+python3 - "$SUMMARY" "$MODE" "$IDLE_SUMMARY" <<'PY'
 import csv, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1]), delimiter="\t"))
 def num(x):
@@ -101,4 +130,15 @@ for cfg in dict.fromkeys(r["config"] for r in rows):
     line = "  ".join(show(s) for s in med)
     ratio = f"{(med['conclave'][0] or 0) / best:.2f}x best peer" if best else "-"
     print(f"{cfg:>20}: {line}  -> conclave {ratio}")
+idle = list(csv.DictReader(open(sys.argv[3]), delimiter="\t"))
+if idle:
+    print(f"\nidle connections, medians over rounds; raw: {sys.argv[3]}")
+    for s in ("ngircd", "inspircd", "conclave"):
+        def med(key):
+            xs = [num(r[key]) for r in idle if r["server"] == s]
+            xs = [x for x in xs if x is not None]
+            return statistics.median(xs) if xs else None
+        ready, cps, kib = med("ready"), med("connects_per_s"), med("kib_per_conn")
+        show = lambda x, f: "-" if x is None else format(x, f)
+        print(f"{s:>20}: ready {show(ready, ',.0f')}  {show(cps, ',.0f')} conn/s  {show(kib, '.1f')} KiB/conn")
 PY

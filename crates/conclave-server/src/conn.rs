@@ -260,6 +260,12 @@ impl Frames {
         }
     }
 
+    /// Whether nothing is waiting to be taken (a hint: frames may be pushed
+    /// at any moment).
+    pub fn is_empty(&self) -> bool {
+        self.spare.is_empty() && self.queue.lock().frames.is_empty()
+    }
+
     /// The frames the last [`Next::Frames`] took, oldest first.
     pub fn taken(&mut self) -> &mut VecDeque<Bytes> {
         &mut self.spare
@@ -332,13 +338,21 @@ where
                 let result = if taken.is_empty() {
                     wr.write_all(&first).await
                 } else {
-                    batch.clear();
-                    batch.extend_from_slice(&first);
-                    while batch.len() < WRITE_BATCH {
-                        match taken.pop_front() {
-                            Some(more) => batch.extend_from_slice(&more),
-                            None => break,
+                    // As many frames as fit in one batch, copied once into
+                    // room reserved for exactly them.
+                    let (mut len, mut more) = (first.len(), 0);
+                    for frame in taken.iter() {
+                        if len >= WRITE_BATCH {
+                            break;
                         }
+                        len += frame.len();
+                        more += 1;
+                    }
+                    batch.clear();
+                    batch.reserve(len);
+                    batch.extend_from_slice(&first);
+                    for frame in taken.drain(..more) {
+                        batch.extend_from_slice(&frame);
                     }
                     wr.write_all(&batch).await
                 };
@@ -349,8 +363,10 @@ where
             if wr.flush().await.is_err() {
                 return;
             }
-            // Given back between bursts, so an idle connection keeps none.
-            batch = BytesMut::new();
+            if frames.is_empty() {
+                // Given back between bursts, so an idle connection keeps none.
+                batch = BytesMut::new();
+            }
         }
         // Best effort: sends TLS close_notify and FIN.
         let _ = wr.shutdown().await;
