@@ -7,12 +7,13 @@
 //! client library as `conclave` does.
 
 use anyhow::{bail, Context, Result};
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use conclave_client::{connect_tls, engine::Engine};
 use conclave_proto::{
     auth_message, decode, encode_to_bytes, Authenticate, ClientFrame, ClientHello, Request, RequestId,
     Response, ServerFrame, CLIENT_MAX_FRAME_LEN, EXPORTER_LABEL, EXPORTER_LEN, PROTOCOL_VERSION,
 };
+use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -144,9 +145,12 @@ impl Lean {
         }
     }
 
-    /// Reads whatever arrives and calls `f` for each frame, until `f` returns
-    /// false or the connection ends.
-    pub async fn for_each(&mut self, mut f: impl FnMut(Seen<'_>) -> bool) -> Result<()> {
+    /// Reads whatever arrives and calls `f` for each frame, with the moment
+    /// the read that brought it returned (one clock reading a read, not one
+    /// a frame: the load generator is not what is measured), until `f`
+    /// returns false or the connection ends.
+    pub async fn for_each(&mut self, mut f: impl FnMut(Seen<'_>, Instant) -> bool) -> Result<()> {
+        let mut read_at = Instant::now();
         loop {
             while self.buf.len() >= 4 {
                 let len = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
@@ -156,16 +160,17 @@ impl Lean {
                 if self.buf.len() < 4 + len {
                     break;
                 }
-                let frame = self.buf.split_to(4 + len);
-                let seen = parse(&frame[4..]).context("an undecodable frame")?;
-                if !f(seen) {
+                let seen = parse(&self.buf[4..4 + len]).context("an undecodable frame")?;
+                if !f(seen, read_at) {
                     return Ok(());
                 }
+                self.buf.advance(4 + len);
             }
             if self.stream.read_buf(&mut self.buf).await? == 0 {
-                f(Seen::Closed);
+                f(Seen::Closed, Instant::now());
                 return Ok(());
             }
+            read_at = Instant::now();
         }
     }
 }

@@ -132,7 +132,16 @@ impl Counter {
         Counter { me, shared, sender_index, next_k, last_seq: head_seq, keep, st: MemberStats::default() }
     }
 
-    fn message(&mut self, seq: u64, time_ms: u64, sender: &str, client_msg_id: u64, ciphertext: &[u8]) {
+    /// A message received `now` (nanoseconds since the start).
+    fn message(
+        &mut self,
+        now: u64,
+        seq: u64,
+        time_ms: u64,
+        sender: &str,
+        client_msg_id: u64,
+        ciphertext: &[u8],
+    ) {
         if seq <= self.last_seq {
             self.st.out_of_order += 1;
         }
@@ -146,7 +155,6 @@ impl Counter {
         if k >= shared.messages {
             return;
         }
-        let now = shared.now();
         let sent = shared.sent_at[s * shared.messages + k].load(Ordering::Acquire);
         self.st.samples.push((now, now.saturating_sub(sent.saturating_sub(1))));
         match k.cmp(&self.next_k[s]) {
@@ -239,7 +247,14 @@ pub async fn run(
                 };
                 let Event::Entry { entry, .. } = ev else { continue };
                 if let EntryBody::Message { client_msg_id, ciphertext } = &entry.body {
-                    c.message(entry.seq, entry.time_ms, &entry.sender, *client_msg_id, ciphertext);
+                    c.message(
+                        c.shared.now(),
+                        entry.seq,
+                        entry.time_ms,
+                        &entry.sender,
+                        *client_msg_id,
+                        ciphertext,
+                    );
                 }
             }
             (c.finish(), None)
@@ -252,9 +267,11 @@ pub async fn run(
         let stop = stop.clone();
         member_tasks.push(tokio::spawn(async move {
             let mut closed = false;
-            let read = lean.for_each(|seen| match seen {
+            let start = c.shared.start;
+            let read = lean.for_each(|seen, read_at| match seen {
                 Seen::Message { seq, sender, client_msg_id, ciphertext } => {
-                    c.message(seq, 0, sender, client_msg_id, ciphertext);
+                    let now = read_at.saturating_duration_since(start).as_nanos() as u64;
+                    c.message(now, seq, 0, sender, client_msg_id, ciphertext);
                     true
                 }
                 Seen::Other => true,

@@ -168,12 +168,19 @@ impl Outbox {
 
     /// Queues an already-encoded frame without waiting.
     pub fn push(&self, frame: Bytes) -> Result<(), QueueFull> {
+        self.push_all(std::slice::from_ref(&frame))
+    }
+
+    /// Queues already-encoded frames, in order, without waiting: all of them
+    /// under one lock with one wake-up (a room fans out a whole batch of
+    /// messages to each subscriber so), or none if they do not all fit.
+    pub fn push_all(&self, frames: &[Bytes]) -> Result<(), QueueFull> {
         {
             let mut state = self.queue.lock();
-            if state.closed || state.frames.len() >= self.queue.capacity {
+            if state.closed || state.frames.len() + frames.len() > self.queue.capacity {
                 return Err(QueueFull);
             }
-            state.frames.push_back(frame);
+            state.frames.extend(frames.iter().cloned());
         }
         self.queue.ready.notify_one();
         Ok(())
@@ -433,6 +440,18 @@ mod tests {
         other.push(frame(2)).unwrap();
         drop(other);
         assert_eq!(waiter.await.unwrap(), vec![frame(1), frame(2)]);
+    }
+
+    #[tokio::test]
+    async fn frames_pushed_together_fit_together_or_not_at_all() {
+        let (outbox, mut frames) = Outbox::new(4);
+        outbox.push(frame(0)).unwrap();
+        assert!(outbox.push_all(&[frame(1), frame(2), frame(3), frame(4)]).is_err());
+        outbox.push_all(&[frame(1), frame(2), frame(3)]).unwrap();
+        for n in 0..4 {
+            assert_eq!(frames.try_recv(), Some(frame(n)));
+        }
+        assert_eq!(frames.try_recv(), None);
     }
 
     #[tokio::test]

@@ -231,9 +231,7 @@ impl RoomActor {
         for (reply, seq) in w.waiting {
             let _ = reply.send(Ok(seq));
         }
-        for frame in &w.frames {
-            self.fan_out(frame);
-        }
+        self.fan_out_all(&w.frames);
         true
     }
 
@@ -271,9 +269,15 @@ impl RoomActor {
 
     /// Pushes a frame to every subscriber; one that cannot keep up is kicked.
     fn fan_out(&mut self, frame: &Bytes) {
+        self.fan_out_all(std::slice::from_ref(frame));
+    }
+
+    /// Pushes frames, in order, to every subscriber (each subscriber's queue
+    /// takes them all at once); one that cannot keep up is kicked.
+    fn fan_out_all(&mut self, frames: &[Bytes]) {
         let mut dropped = Vec::new();
         for (conn, s) in &self.subscribers {
-            if s.outbox.push(frame.clone()).is_err() {
+            if s.outbox.push_all(frames).is_err() {
                 tracing::info!(room = %self.name, conn = conn.0, "subscriber too slow or gone; disconnecting it");
                 s.kick.cancel();
                 dropped.push(*conn);
