@@ -60,24 +60,40 @@ record() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >> "$SUMMARY"; }
 printf 'round\tserver\tready\tconnects_per_s\tkib_per_conn\n' > "$IDLE_SUMMARY"
 record_idle() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$IDLE_SUMMARY"; }
 
+# One conclave-bench run (its arguments); its JSON on stdout and in $RAW.
+run_conclave() {
+  local json
+  json=$(timeout 400 "${L_CON[@]}" --max-secs 300 --concurrency 256 --json "$@" 2>>"$RAW")
+  echo "$json" >> "$RAW"
+  echo "$json"
+}
+
+# One ircload run (its arguments) against a fresh server $1, with that server's best number of
+# connection attempts in flight; its output on stdout and in $RAW. Fails if the server does not start.
+run_peer() {
+  local S=$1 C=16 P text
+  shift
+  [ "$S" = inspircd ] && C=1000
+  (cd "$PEER_DIR" && ./peer.sh stop "$S" >/dev/null 2>&1)
+  P=$(cd "$PEER_DIR" && ./peer.sh start "$S" $PIN 2>>"$RAW") || { echo "start failed: $S" | tee -a "$RAW" >&2; return 1; }
+  sleep 0.5
+  text=$(cd "$PEER_DIR" && timeout 130 "${L_IRC[@]}" --server-pid "$P" --max-secs 60 --concurrency $C "$@" 2>&1)
+  echo "$text" >> "$RAW"
+  (cd "$PEER_DIR" && ./peer.sh stop "$S" >/dev/null)
+  echo "$text"
+}
+
 for round in $(seq 1 "$ROUNDS"); do
   for S in ngircd inspircd conclave; do
     for entry in "${CONFIGS[@]}"; do
       cfg=${entry%%|*}; args=${entry#*|}
       echo "### round $round [$S] $cfg ($MODE)" | tee -a "$RAW"
       if [ "$S" = conclave ]; then
-        json=$(timeout 400 "${L_CON[@]}" --max-secs 300 --concurrency 256 --json fanout $args 2>>"$RAW")
-        echo "$json" >> "$RAW"
+        json=$(run_conclave fanout $args)
         read -r dps p99 lost < <(python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print(d["deliveries_per_s"], d["latency"]["p99_ms"], d["lost"])' <<<"$json" 2>/dev/null || echo "- - -")
       else
         EXTRA=(); [ "$S" = ngircd ] && EXTRA=(--sender-cmd "OPER bench benchpw" --sender-cmd "MODE {nick} +F")
-        C=16; [ "$S" = inspircd ] && C=1000
-        (cd "$PEER_DIR" && ./peer.sh stop $S >/dev/null 2>&1)
-        P=$(cd "$PEER_DIR" && ./peer.sh start $S $PIN 2>>"$RAW") || { echo "start failed: $S" | tee -a "$RAW"; continue; }
-        sleep 0.5
-        text=$(cd "$PEER_DIR" && timeout 130 "${L_IRC[@]}" --server-pid "$P" --max-secs 60 --concurrency $C "${EXTRA[@]}" fanout $args 2>&1)
-        echo "$text" >> "$RAW"
-        (cd "$PEER_DIR" && ./peer.sh stop $S >/dev/null)
+        text=$(run_peer "$S" "${EXTRA[@]}" fanout $args) || continue
         dps=$(grep -o -- '-> [0-9]* deliveries/s' <<<"$text" | grep -o '[0-9]*' || echo -)
         p99=$(grep -o 'p99=[0-9.]*ms' <<<"$text" | head -1 | sed 's/p99=//; s/ms//' || echo -)
         lost=$(grep -o 'lost=[0-9]*' <<<"$text" | head -1 | grep -o '[0-9]*' || echo -)
@@ -88,17 +104,10 @@ for round in $(seq 1 "$ROUNDS"); do
     [ "$IDLE_CLIENTS" -gt 0 ] || continue
     echo "### round $round [$S] idle $IDLE_CLIENTS ($MODE)" | tee -a "$RAW"
     if [ "$S" = conclave ]; then
-      json=$(timeout 400 "${L_CON[@]}" --max-secs 300 --concurrency 256 --json idle --clients "$IDLE_CLIENTS" --hold 3 2>>"$RAW")
-      echo "$json" >> "$RAW"
+      json=$(run_conclave idle --clients "$IDLE_CLIENTS" --hold 3)
       read -r ready cps kib < <(python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print(d["ready"], d["connects_per_s"], d["kib_per_connection"])' <<<"$json" 2>/dev/null || echo "- - -")
     else
-      C=16; [ "$S" = inspircd ] && C=1000
-      (cd "$PEER_DIR" && ./peer.sh stop $S >/dev/null 2>&1)
-      P=$(cd "$PEER_DIR" && ./peer.sh start $S $PIN 2>>"$RAW") || { echo "start failed: $S" | tee -a "$RAW"; continue; }
-      sleep 0.5
-      text=$(cd "$PEER_DIR" && timeout 130 "${L_IRC[@]}" --server-pid "$P" --max-secs 60 --concurrency $C idle --clients "$IDLE_CLIENTS" --channels $((IDLE_CLIENTS / 100 > 0 ? IDLE_CLIENTS / 100 : 1)) --hold 3 2>&1)
-      echo "$text" >> "$RAW"
-      (cd "$PEER_DIR" && ./peer.sh stop $S >/dev/null)
+      text=$(run_peer "$S" idle --clients "$IDLE_CLIENTS" --channels $((IDLE_CLIENTS / 100 > 0 ? IDLE_CLIENTS / 100 : 1)) --hold 3) || continue
       ready=$(grep -o 'setup: ready=[0-9]*' <<<"$text" | grep -o '[0-9]*' || echo -)
       cps=$(grep -o -- '-> [0-9]* conn/s' <<<"$text" | grep -o '[0-9]*' || echo -)
       bytes=$(grep -o -- '-> [0-9]* bytes/connection' <<<"$text" | grep -o '[0-9]*' || echo)
