@@ -8,21 +8,19 @@
 
 use anyhow::{bail, Context, Result};
 use bytes::{Buf, BytesMut};
-use conclave_client::{connect_tls, engine::Engine};
+use conclave_client::{connect_tls, engine::Engine, ClientStream};
 use conclave_proto::{
     auth_message, decode, encode_to_bytes, Authenticate, ClientFrame, ClientHello, Request, RequestId,
     Response, ServerFrame, CLIENT_MAX_FRAME_LEN, EXPORTER_LABEL, EXPORTER_LEN, PROTOCOL_VERSION,
 };
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
 
 use crate::target::{Account, Target};
 
 /// A connected, authenticated member that only reads.
 pub struct Lean {
-    stream: TlsStream<TcpStream>,
+    stream: ClientStream,
     buf: BytesMut,
     next_id: u64,
     /// The username.

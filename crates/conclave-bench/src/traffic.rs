@@ -109,11 +109,55 @@ struct MemberStats {
     disconnected: bool,
 }
 
+/// Senders by username, looked up once per delivery: a scan of a few short
+/// names costs less than hashing one, so a map is used only for many.
+enum Senders {
+    Few(Vec<String>),
+    Many(HashMap<String, usize>),
+}
+
+impl Senders {
+    /// Scanned below this many senders.
+    const SCAN: usize = 16;
+
+    fn new(names: Vec<String>) -> Self {
+        if names.len() < Self::SCAN {
+            Senders::Few(names)
+        } else {
+            Senders::Many(names.into_iter().enumerate().map(|(s, u)| (u, s)).collect())
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Senders::Few(v) => v.len(),
+            Senders::Many(m) => m.len(),
+        }
+    }
+
+    fn index(&self, name: &str) -> Option<usize> {
+        match self {
+            Senders::Few(v) => v.iter().position(|u| u == name),
+            Senders::Many(m) => m.get(name).copied(),
+        }
+    }
+}
+
+/// Room for every latency sample member `me` will take, touched now so that
+/// the timed window does not pay its page faults.
+fn sample_room(me: &str, senders: &Senders, messages: usize) -> Vec<(u64, u64)> {
+    let others = senders.len() - usize::from(senders.index(me).is_some());
+    let mut samples = vec![(0, 0); others * messages];
+    samples.clear();
+    samples
+}
+
 /// One member's count: order, gaps and latency of what it receives.
 struct Counter {
-    me: String,
+    /// This member's index among the senders, if it is one.
+    me: Option<usize>,
     shared: Arc<Shared>,
-    sender_index: Arc<HashMap<String, usize>>,
+    senders: Arc<Senders>,
     next_k: Vec<usize>,
     last_seq: u64,
     keep: bool,
@@ -121,15 +165,19 @@ struct Counter {
 }
 
 impl Counter {
+    /// `samples`: from [`sample_room`], made before the clock starts.
     fn new(
-        me: String,
+        me: &str,
         shared: Arc<Shared>,
-        sender_index: Arc<HashMap<String, usize>>,
+        senders: Arc<Senders>,
         head_seq: u64,
         keep: bool,
+        samples: Vec<(u64, u64)>,
     ) -> Self {
-        let next_k = vec![0; sender_index.len()];
-        Counter { me, shared, sender_index, next_k, last_seq: head_seq, keep, st: MemberStats::default() }
+        let next_k = vec![0; senders.len()];
+        let me = senders.index(me);
+        let st = MemberStats { samples, ..MemberStats::default() };
+        Counter { me, shared, senders, next_k, last_seq: head_seq, keep, st }
     }
 
     /// A message received `now` (nanoseconds since the start).
@@ -146,10 +194,10 @@ impl Counter {
             self.st.out_of_order += 1;
         }
         self.last_seq = self.last_seq.max(seq);
-        if sender == self.me {
+        let Some(s) = self.senders.index(sender) else { return };
+        if Some(s) == self.me {
             return;
         }
-        let Some(&s) = self.sender_index.get(sender) else { return };
         let k = client_msg_id.saturating_sub(1) as usize;
         let shared = &self.shared;
         if k >= shared.messages {
@@ -174,8 +222,7 @@ impl Counter {
     /// Whatever a sender's numbers stopped short of never arrived.
     fn finish(mut self) -> MemberStats {
         for (s, n) in self.next_k.iter().enumerate() {
-            let own = self.sender_index.get(&self.me) == Some(&s);
-            if !own {
+            if self.me != Some(s) {
                 self.st.lost += (self.shared.messages - n) as u64;
             }
         }
@@ -209,8 +256,12 @@ pub async fn run(
         ciphertexts.push(mine);
     }
     bar.finish_and_clear();
-    let sender_index: Arc<HashMap<String, usize>> =
-        Arc::new(usernames.iter().take(senders).enumerate().map(|(s, u)| (u.clone(), s)).collect());
+    let sender_names: Vec<String> = usernames.iter().take(senders).cloned().collect();
+    let sender_index = Arc::new(Senders::new(sender_names));
+
+    let mut sample_rooms: Vec<Vec<(u64, u64)>> =
+        usernames.iter().map(|u| sample_room(u, &sender_index, k_total)).collect();
+    sample_rooms.reverse();
 
     if let Some(gate) = gate {
         gate.wait().await;
@@ -232,7 +283,8 @@ pub async fn run(
     let mut member_tasks = Vec::with_capacity(members);
     for (i, mut rx) in events.drain(..).enumerate() {
         let keep = i >= senders && i < senders + load.decryptors;
-        let mut c = Counter::new(usernames[i].clone(), shared.clone(), sender_index.clone(), head_seq, keep);
+        let room = sample_rooms.pop().unwrap_or_default();
+        let mut c = Counter::new(&usernames[i], shared.clone(), sender_index.clone(), head_seq, keep, room);
         let stop = stop.clone();
         member_tasks.push(tokio::spawn(async move {
             loop {
@@ -262,8 +314,9 @@ pub async fn run(
     }
     let full = member_tasks.len();
     for (j, mut lean) in plain.into_iter().enumerate() {
+        let room = sample_rooms.pop().unwrap_or_default();
         let mut c =
-            Counter::new(usernames[full + j].clone(), shared.clone(), sender_index.clone(), head_seq, false);
+            Counter::new(&usernames[full + j], shared.clone(), sender_index.clone(), head_seq, false, room);
         let stop = stop.clone();
         member_tasks.push(tokio::spawn(async move {
             let mut closed = false;
@@ -431,7 +484,7 @@ pub async fn run(
                 text: None,
                 own_client_msg_id: None,
             };
-            let s = sender_index.get(&sender).copied().unwrap_or(usize::MAX);
+            let s = sender_index.index(&sender).unwrap_or(usize::MAX);
             match chat.engine_mut().apply(&name, &meta, Item::Message(&ciphertext)) {
                 Ok(Applied::Message { text, sender_identity })
                     if sender_identity.starts_with(&format!("{sender}:"))

@@ -18,7 +18,7 @@ mod tls;
 
 pub use address::ServerAddr;
 pub use chat::{Chat, Update, KEY_PACKAGES_LOW, KEY_PACKAGES_TARGET};
-pub use connection::{connect_tls, Answer, Connection, TlsConnected};
+pub use connection::{connect_tls, Answer, ClientStream, Connection, TlsConnected};
 pub use device::DeviceKey;
 pub use engine::HistoryRow;
 pub use error::ClientError;
