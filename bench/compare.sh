@@ -55,8 +55,8 @@ CONFIGS=(
   "paced-100x10-20/s|--members 100 --senders 10 --messages 100 --size 200 --rate 20"
 )
 
-printf 'round\tserver\tconfig\tdeliveries_per_s\tp99_ms\tlost\n' > "$SUMMARY"
-record() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >> "$SUMMARY"; }
+printf 'round\tserver\tconfig\tdeliveries_per_s\tp99_ms\tlost\tserver_cpu_percent\n' > "$SUMMARY"
+record() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >> "$SUMMARY"; }
 printf 'round\tserver\tready\tconnects_per_s\tkib_per_conn\n' > "$IDLE_SUMMARY"
 record_idle() { printf '%s\t%s\t%s\t%s\t%s\n' "$@" >> "$IDLE_SUMMARY"; }
 
@@ -90,16 +90,17 @@ for round in $(seq 1 "$ROUNDS"); do
       echo "### round $round [$S] $cfg ($MODE)" | tee -a "$RAW"
       if [ "$S" = conclave ]; then
         json=$(run_conclave fanout $args)
-        read -r dps p99 lost < <(python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print(d["deliveries_per_s"], d["latency"]["p99_ms"], d["lost"])' <<<"$json" 2>/dev/null || echo "- - -")
+        read -r dps p99 lost cpu < <(python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); print(d["deliveries_per_s"], d["latency"]["p99_ms"], d["lost"], d.get("server_cpu_percent", "-"))' <<<"$json" 2>/dev/null || echo "- - - -")
       else
         EXTRA=(); [ "$S" = ngircd ] && EXTRA=(--sender-cmd "OPER bench benchpw" --sender-cmd "MODE {nick} +F")
         text=$(run_peer "$S" "${EXTRA[@]}" fanout $args) || continue
         dps=$(grep -o -- '-> [0-9]* deliveries/s' <<<"$text" | grep -o '[0-9]*' || echo -)
         p99=$(grep -o 'p99=[0-9.]*ms' <<<"$text" | head -1 | sed 's/p99=//; s/ms//' || echo -)
         lost=$(grep -o 'lost=[0-9]*' <<<"$text" | head -1 | grep -o '[0-9]*' || echo -)
+        cpu=$(grep -o 'cpu\[send+deliver\].* server=[0-9]*%' <<<"$text" | head -1 | grep -o 'server=[0-9]*' | grep -o '[0-9]*' || echo -)
       fi
-      record "$round" "$S" "$cfg" "${dps:--}" "${p99:--}" "${lost:--}"
-      echo "    deliveries/s=${dps:--} p99=${p99:--}ms lost=${lost:--}"
+      record "$round" "$S" "$cfg" "${dps:--}" "${p99:--}" "${lost:--}" "${cpu:--}"
+      echo "    deliveries/s=${dps:--} p99=${p99:--}ms lost=${lost:--} server_cpu=${cpu:--}%"
     done
     [ "$IDLE_CLIENTS" -gt 0 ] || continue
     echo "### round $round [$S] idle $IDLE_CLIENTS ($MODE)" | tee -a "$RAW"
@@ -139,6 +140,23 @@ for cfg in dict.fromkeys(r["config"] for r in rows):
     line = "  ".join(show(s) for s in med)
     ratio = f"{(med['conclave'][0] or 0) / best:.2f}x best peer" if best else "-"
     print(f"{cfg:>20}: {line}  -> conclave {ratio}")
+    # Round by round: Conclave over the best peer of the same round.
+    by_round = []
+    for rnd in dict.fromkeys(r["round"] for r in rows):
+        got = {r["server"]: num(r["deliveries_per_s"]) for r in rows if r["config"] == cfg and r["round"] == rnd}
+        peer = max((got.get(s) or 0) for s in ("ngircd", "inspircd"))
+        if peer and got.get("conclave"):
+            by_round.append(f"{got['conclave'] / peer:.2f}x")
+    # Deliveries per second of server CPU (the server's share of one core in the window):
+    # what the machine's drift and an idle server touch less than deliveries per second.
+    per_cpu = {}
+    for s in ("ngircd", "inspircd", "conclave"):
+        xs = [num(r["deliveries_per_s"]) / (num(r["server_cpu_percent"]) / 100) for r in rows
+              if r["config"] == cfg and r["server"] == s and num(r["deliveries_per_s"])
+              and num(r.get("server_cpu_percent") or "-")]
+        per_cpu[s] = statistics.median(xs) if xs else None
+    shown = "  ".join(f"{s} {'-' if v is None else f'{v:,.0f}'}" for s, v in per_cpu.items())
+    print(f"{'':>20}  rounds: {' '.join(by_round) or '-'};  deliveries per server CPU-second: {shown}")
 idle = list(csv.DictReader(open(sys.argv[3]), delimiter="\t"))
 if idle:
     print(f"\nidle connections, medians over rounds; raw: {sys.argv[3]}")
