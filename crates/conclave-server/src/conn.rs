@@ -488,7 +488,11 @@ mod tests {
     struct Ragged(Vec<u8>);
 
     impl AsyncWrite for Ragged {
-        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
             let n = buf.len().min(7);
             self.0.extend_from_slice(&buf[..n]);
             Poll::Ready(Ok(n))
@@ -524,7 +528,8 @@ mod tests {
 
     #[tokio::test]
     async fn frames_written_a_few_bytes_at_a_time_arrive_whole_and_in_order() {
-        let frames: Vec<Bytes> = (0..300u32).map(|n| Bytes::from(n.to_le_bytes().repeat(1 + n as usize % 9))).collect();
+        let frames: Vec<Bytes> =
+            (0..300u32).map(|n| Bytes::from(n.to_le_bytes().repeat(1 + n as usize % 9))).collect();
         let mut queue: VecDeque<Bytes> = frames.iter().cloned().collect();
         let mut out = Ragged(Vec::new());
         write_frames(&mut out, &mut queue).await.unwrap();
