@@ -259,9 +259,9 @@ pub async fn run(
     let sender_names: Vec<String> = usernames.iter().take(senders).cloned().collect();
     let sender_index = Arc::new(Senders::new(sender_names));
 
-    let mut sample_rooms: Vec<Vec<(u64, u64)>> =
-        usernames.iter().map(|u| sample_room(u, &sender_index, k_total)).collect();
-    sample_rooms.reverse();
+    // One per member, in the order the member tasks are made below.
+    let mut sample_rooms =
+        usernames.iter().map(|u| sample_room(u, &sender_index, k_total)).collect::<Vec<_>>().into_iter();
 
     if let Some(gate) = gate {
         gate.wait().await;
@@ -283,7 +283,7 @@ pub async fn run(
     let mut member_tasks = Vec::with_capacity(members);
     for (i, mut rx) in events.drain(..).enumerate() {
         let keep = i >= senders && i < senders + load.decryptors;
-        let room = sample_rooms.pop().unwrap_or_default();
+        let room = sample_rooms.next().unwrap_or_default();
         let mut c = Counter::new(&usernames[i], shared.clone(), sender_index.clone(), head_seq, keep, room);
         let stop = stop.clone();
         member_tasks.push(tokio::spawn(async move {
@@ -314,7 +314,7 @@ pub async fn run(
     }
     let full = member_tasks.len();
     for (j, mut lean) in plain.into_iter().enumerate() {
-        let room = sample_rooms.pop().unwrap_or_default();
+        let room = sample_rooms.next().unwrap_or_default();
         let mut c =
             Counter::new(&usernames[full + j], shared.clone(), sender_index.clone(), head_seq, false, room);
         let stop = stop.clone();

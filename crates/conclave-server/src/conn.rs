@@ -268,12 +268,6 @@ impl Frames {
         }
     }
 
-    /// Whether nothing is waiting to be taken (a hint: frames may be pushed
-    /// at any moment).
-    pub fn is_empty(&self) -> bool {
-        self.spare.is_empty() && self.queue.lock().frames.is_empty()
-    }
-
     /// The frames the last [`Next::Frames`] took, oldest first.
     pub fn taken(&mut self) -> &mut VecDeque<Bytes> {
         &mut self.spare
