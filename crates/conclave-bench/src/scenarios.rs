@@ -59,6 +59,15 @@ fn cpu_percent(cpu: Option<f64>, over: Duration) -> serde_json::Value {
     cpu.map_or(serde_json::Value::Null, |c| json!((c / over.as_secs_f64().max(1e-9) * 100.0).round()))
 }
 
+/// CPU time the host took over a run, per CPU (`cpu0`, `cpu1`, …).
+fn steal(per_cpu: Option<&[u64]>) -> serde_json::Value {
+    per_cpu.map_or(serde_json::Value::Null, |v| {
+        serde_json::Value::Object(
+            v.iter().enumerate().map(|(i, ms)| (format!("cpu{i}"), json!(ms))).collect(),
+        )
+    })
+}
+
 /// Runs the scenario the command line names.
 pub async fn run(cli: &Cli) -> Result<Vec<(String, Report)>> {
     let max = Duration::from_secs(cli.max_secs);
@@ -217,6 +226,7 @@ fn traffic_report(r: &mut Report, mut out: traffic::Outcome, target: &Target) {
     r.put("latency", latency(&mut lat));
     r.put("server_cpu_percent", cpu_percent(out.server_cpu, out.elapsed));
     r.put("loadgen_cpu_percent", cpu_percent(out.loadgen_cpu, out.elapsed));
+    r.put("host_steal_ms", steal(out.host_steal_ms.as_deref()));
     r.put("server_rss_mib", mib(target.rss_kib()));
     r.put("decrypted", out.decrypted);
     r.put("decrypt_failed", out.decrypt_failed);

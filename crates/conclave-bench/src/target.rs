@@ -136,6 +136,32 @@ pub fn cpu_secs(pid: u32) -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
+/// Time the hypervisor gave this machine's CPUs to something else while
+/// they had work ("steal" in `/proc/stat`), per CPU, in milliseconds; `None`
+/// where the kernel does not report it. A latency tail measured while the
+/// host took the CPU measures the host, not the server.
+pub fn host_steal_ms() -> Option<Vec<u64>> {
+    parse_steal(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn parse_steal(stat: &str) -> Option<Vec<u64>> {
+    // `cpuN user nice system idle iowait irq softirq steal ...`, in clock
+    // ticks (100 per second on Linux).
+    let per_cpu: Option<Vec<u64>> = stat
+        .lines()
+        .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+        .map(|l| l.split_whitespace().nth(8)?.parse::<u64>().ok().map(|ticks| ticks * 10))
+        .collect();
+    per_cpu.filter(|v| !v.is_empty())
+}
+
+/// Steal per CPU between two readings of [`host_steal_ms`].
+pub fn steal_between(before: Option<Vec<u64>>, after: Option<Vec<u64>>) -> Option<Vec<u64>> {
+    let (before, after) = (before?, after?);
+    (before.len() == after.len())
+        .then(|| after.iter().zip(&before).map(|(a, b)| a.saturating_sub(*b)).collect())
+}
+
 impl Drop for Target {
     fn drop(&mut self) {
         self.stop();
@@ -259,4 +285,30 @@ pub fn check_loopback(addr: &ServerAddr) -> Result<()> {
         || addr.host.parse::<std::net::IpAddr>().map(|ip| ip.is_loopback()).unwrap_or(false);
     ensure!(ok, "--server {addr}: the bench only loads loopback addresses (127.0.0.0/8, ::1, localhost)");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steal_is_read_per_cpu_in_milliseconds() {
+        let stat = "cpu  991583 0 155848 894191 16536 0 18915 4931 0 0\n\
+                    cpu0 497333 0 65536 463761 3343 0 10792 2029 0 0\n\
+                    cpu1 494249 0 90312 430430 13192 0 8123 2902 0 0\n\
+                    intr 1 2 3\nctxt 5\n";
+        assert_eq!(parse_steal(stat), Some(vec![20290, 29020]));
+        assert_eq!(parse_steal("cpu  1 2 3\ncpu0 1 2 3\n"), None, "a kernel without the steal column");
+        assert_eq!(parse_steal("intr 1\n"), None);
+        assert_eq!(steal_between(Some(vec![10, 20]), Some(vec![30, 20])), Some(vec![20, 0]));
+        assert_eq!(steal_between(Some(vec![10]), Some(vec![30, 20])), None, "a CPU came or went");
+        assert_eq!(steal_between(None, Some(vec![30])), None);
+    }
+
+    #[test]
+    fn this_machine_reports_steal_for_each_cpu() {
+        // Linux has had the column since 2.6.11; a bench run must be able to say it.
+        let steal = host_steal_ms().expect("/proc/stat has a steal column");
+        assert!(!steal.is_empty());
+    }
 }

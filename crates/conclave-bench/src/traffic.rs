@@ -73,6 +73,8 @@ pub struct Outcome {
     pub server_cpu: Option<f64>,
     /// The load generator's own CPU seconds over the run.
     pub loadgen_cpu: Option<f64>,
+    /// Milliseconds the host took from each CPU over the run, when known.
+    pub host_steal_ms: Option<Vec<u64>>,
 }
 
 /// The plaintext of message `k` of sender `s`, padded to `size` bytes.
@@ -346,6 +348,7 @@ pub async fn run(
     // Senders: pipelined sends, acknowledgements collected in order.
     let cpu_before = cpu();
     let own_before = crate::target::cpu_secs(std::process::id());
+    let steal_before = crate::target::host_steal_ms();
     let acked = Arc::new(AtomicU64::new(0));
     let last_ack = Arc::new(AtomicU64::new(0));
     let last_send = Arc::new(AtomicU64::new(0));
@@ -433,6 +436,7 @@ pub async fn run(
     bar.finish_and_clear();
     let cpu_after = cpu();
     let own_after = crate::target::cpu_secs(std::process::id());
+    let steal_after = crate::target::host_steal_ms();
     stop.cancel();
 
     let mut out = Outcome { expected, ..Outcome::default() };
@@ -467,6 +471,7 @@ pub async fn run(
     out.ack_elapsed = Duration::from_nanos(last_ack.load(Ordering::Relaxed));
     out.server_cpu = cpu_before.zip(cpu_after).map(|(a, b)| b - a);
     out.loadgen_cpu = own_before.zip(own_after).map(|(a, b)| b - a);
+    out.host_steal_ms = crate::target::steal_between(steal_before, steal_after);
 
     // Decrypt what the decrypting members kept, with their real client state.
     returned.extend(chats);
