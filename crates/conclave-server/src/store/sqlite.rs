@@ -2,8 +2,19 @@
 //!
 //! Migrations live here, numbered by `PRAGMA user_version`. The connection
 //! sits behind a mutex; every call is short and runs on a blocking thread.
+//!
+//! The log writer's commits never checkpoint the WAL themselves: copying a
+//! thousand pages into the database file and waiting for the disk twice took
+//! a whole group commit a few milliseconds every hundred or so commits, which
+//! every recipient of that batch waited for. A thread of its own checkpoints
+//! instead, beside the writer (SQLite's PASSIVE mode blocks neither writers
+//! nor readers); once it has caught up, the next commit starts the WAL from
+//! its beginning again, so the file stops growing and commits overwrite
+//! blocks already on disk (cheaper to sync than appended ones).
 
+use std::cell::Cell;
 use std::path::Path;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::{Mutex, MutexGuard};
 
 use conclave_proto::{validate_username, DisplayName, Role, Username};
@@ -117,11 +128,36 @@ fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
+/// WAL pages after which a log commit asks the checkpointer to run.
+const CHECKPOINT_PAGES: i32 = 500;
+
+/// WAL pages after which the log writer checkpoints itself, between two
+/// batches: writes have not paused long enough for the checkpointer to catch
+/// up, and the WAL (and every reader's walk through it) must not grow
+/// without bound. About 64 MiB.
+const CHECKPOINT_INLINE_PAGES: i32 = 16_000;
+
+thread_local! {
+    /// Pages in the WAL after this thread's last commit on a connection with
+    /// [`count_wal_pages`] as its WAL hook.
+    static WAL_PAGES: Cell<i32> = const { Cell::new(0) };
+}
+
+fn count_wal_pages(_: &rusqlite::hooks::Wal, pages: std::os::raw::c_int) -> rusqlite::Result<()> {
+    WAL_PAGES.set(pages);
+    Ok(())
+}
+
 /// The SQLite store. One connection serves requests; a second, used only
-/// by the log writer's batches, keeps group commits off the request path.
+/// by the log writer's batches, keeps group commits off the request path; a
+/// third, on the checkpointer's thread, copies the WAL into the database.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
     log_conn: Mutex<Connection>,
+    checkpointer: Checkpointer,
+    /// WAL pages at which a log commit wakes the checkpointer, and at which
+    /// it checkpoints inline.
+    wal_pages: (i32, i32),
 }
 
 fn open_conn(path: &Path, fsync: bool) -> Result<Connection, StoreError> {
@@ -147,8 +183,23 @@ impl SqliteStore {
         crate::fs::create_private_file(path)
             .map_err(|e| StoreError::Database(format!("cannot create {}: {e}", path.display())))?;
         let conn = open_conn(path, fsync)?;
-        let store = Self { conn: Mutex::new(conn), log_conn: Mutex::new(open_conn(path, fsync)?) };
+        let log_conn = open_conn(path, fsync)?;
+        // Replaces SQLite's own checkpoint-on-commit for this connection.
+        log_conn.wal_hook(Some(count_wal_pages));
+        let (wake_tx, wake) = sync_channel(1);
+        let mut store = Self {
+            conn: Mutex::new(conn),
+            log_conn: Mutex::new(log_conn),
+            checkpointer: Checkpointer { wake: Some(wake_tx), thread: None },
+            wal_pages: (CHECKPOINT_PAGES, CHECKPOINT_INLINE_PAGES),
+        };
         store.migrate()?;
+        let checkpointer = open_conn(path, fsync)?;
+        let thread = std::thread::Builder::new()
+            .name("conclave-checkpoint".into())
+            .spawn(move || checkpoint_when_woken(&checkpointer, &wake))
+            .map_err(|e| StoreError::Database(format!("cannot start the checkpoint thread: {e}")))?;
+        store.checkpointer.thread = Some(thread);
         Ok(store)
     }
 
@@ -174,6 +225,50 @@ impl SqliteStore {
             tx.pragma_update(None, "user_version", i + 1).map_err(db)?;
         }
         tx.commit().map_err(db)
+    }
+}
+
+/// The checkpointer thread and what wakes it. Dropping it waits for the
+/// thread to close its connection, so a dropped store has no connection
+/// left open (a file renamed or reopened right after sees all it wrote).
+struct Checkpointer {
+    wake: Option<SyncSender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn wake(&self) {
+        // Full means it is already woken; it will see these pages too.
+        if let Some(wake) = &self.wake {
+            let _ = wake.try_send(());
+        }
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.wake.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One PASSIVE checkpoint: (pages in the WAL, pages now copied into the
+/// database). Another checkpoint already running makes this one a no-op.
+fn checkpoint(conn: &Connection) -> Result<(i64, i64), StoreError> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(1)?, r.get(2)?))).map_err(db)
+}
+
+/// The checkpointer's loop: one checkpoint per wake-up, until the store is
+/// dropped. A failure is logged and retried at the next wake-up; meanwhile
+/// the log writer's inline checkpoint bounds the WAL.
+fn checkpoint_when_woken(conn: &Connection, wake: &Receiver<()>) {
+    while wake.recv().is_ok() {
+        match checkpoint(conn) {
+            Ok((log, done)) => tracing::trace!(log, done, "WAL checkpointed"),
+            Err(e) => tracing::warn!(error = %e, "background checkpoint failed; retrying at the next commit"),
+        }
     }
 }
 
@@ -679,10 +774,25 @@ impl Store for SqliteStore {
             });
             results.push(result);
         }
-        match tx.commit() {
-            Ok(()) => results,
-            Err(e) => jobs.iter().map(|_| Err(db_ref(&e))).collect(),
+        WAL_PAGES.set(0);
+        if let Err(e) = tx.commit() {
+            return jobs.iter().map(|_| Err(db_ref(&e))).collect();
         }
+        let pages = WAL_PAGES.get();
+        let (background, inline) = self.wal_pages;
+        if pages >= inline {
+            match checkpoint(&conn) {
+                Ok((log, done)) => tracing::info!(
+                    log,
+                    done,
+                    "the WAL outgrew the background checkpoint; checkpointed inline"
+                ),
+                Err(e) => tracing::warn!(error = %e, "inline checkpoint failed"),
+            }
+        } else if pages >= background {
+            self.checkpointer.wake();
+        }
+        results
     }
 
     fn welcomes_for(&self, user: UserId, device: DeviceNo) -> Result<Vec<StoredWelcome>, StoreError> {
@@ -711,6 +821,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{NewRoom, RoomId};
 
     #[test]
     fn conformance() {
@@ -754,35 +865,110 @@ mod tests {
             .unwrap();
     }
 
+    fn room_with_owner(store: &SqliteStore) -> (RoomId, UserId) {
+        let name = validate_username("owner").unwrap();
+        let display = conclave_proto::validate_display_name("Owner").unwrap();
+        let owner = store
+            .create_account(NewAccount {
+                username: &name,
+                display_name: &display,
+                password_hash: "$argon2id$x",
+                device_key: &DeviceKey([1; 32]),
+                invite_token: None,
+            })
+            .unwrap();
+        let room = store
+            .create_room(NewRoom {
+                name: "lab",
+                group_id: b"g",
+                group_info: b"gi",
+                owner: owner.user,
+                created_entry: b"created",
+                time_ms: 0,
+            })
+            .unwrap();
+        (room, owner.user)
+    }
+
+    /// Appends `n` entries of 2000 bytes in one batch; the WAL's pages after it.
+    fn append(store: &SqliteStore, room: RoomId, owner: UserId, seq: &mut u64, n: usize) -> i32 {
+        let job: Vec<WriteOp> = (0..n)
+            .map(|_| {
+                *seq += 1;
+                WriteOp::Append {
+                    room,
+                    seq: *seq,
+                    time_ms: *seq,
+                    sender: Some((owner, DeviceNo(1))),
+                    client_msg_id: Some(*seq),
+                    entry: vec![*seq as u8; 2000],
+                }
+            })
+            .collect();
+        for result in store.write_batch(&[job]) {
+            result.unwrap();
+        }
+        WAL_PAGES.get()
+    }
+
+    #[test]
+    fn the_checkpointer_copies_the_wal_and_the_log_starts_it_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.db");
+        let store = SqliteStore::open(&path).unwrap();
+        let (room, owner) = room_with_owner(&store);
+        let db_bytes = || std::fs::metadata(&path).unwrap().len();
+        let before = db_bytes();
+        let mut seq = 1;
+        let mut pages = 0;
+        while pages < CHECKPOINT_PAGES {
+            pages = append(&store, room, owner, &mut seq, 8);
+            assert!(pages < CHECKPOINT_INLINE_PAGES, "the log writer must not checkpoint itself here");
+        }
+        // Writes that pause let the checkpointer catch up; then a commit
+        // starts the WAL over instead of growing it.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            let now = append(&store, room, owner, &mut seq, 1);
+            if now < pages {
+                break;
+            }
+            pages = now;
+            assert!(std::time::Instant::now() < deadline, "the WAL was never checkpointed ({pages} pages)");
+        }
+        assert!(db_bytes() > before, "the checkpoint copied the log into the database file");
+        let (entries, _) = store.read_log(room, 1, 10_000, usize::MAX).unwrap();
+        assert_eq!(entries.len() as u64, seq - 1, "every entry reads back");
+    }
+
+    #[test]
+    fn a_wal_the_checkpointer_cannot_keep_down_is_checkpointed_inline() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(&dir.path().join("server.db")).unwrap();
+        // The checkpointer is never woken; the inline limit is low.
+        store.wal_pages = (i32::MAX, 50);
+        let (room, owner) = room_with_owner(&store);
+        let mut seq = 1;
+        let mut pages = 0;
+        let mut restarted = false;
+        for _ in 0..100 {
+            let now = append(&store, room, owner, &mut seq, 4);
+            if now < pages {
+                restarted = true;
+                break;
+            }
+            pages = now;
+        }
+        assert!(restarted, "the WAL grew to {pages} pages past the inline limit");
+        let (entries, _) = store.read_log(room, 1, 10_000, usize::MAX).unwrap();
+        assert_eq!(entries.len() as u64, seq - 1);
+    }
+
     mod properties {
         use super::*;
-        use crate::store::{NewRoom, RoomId, WriteOp};
+        use crate::store::WriteOp;
         use proptest::prelude::*;
-
-        fn room_with_owner(store: &SqliteStore) -> (RoomId, UserId) {
-            let name = validate_username("owner").unwrap();
-            let display = conclave_proto::validate_display_name("Owner").unwrap();
-            let owner = store
-                .create_account(NewAccount {
-                    username: &name,
-                    display_name: &display,
-                    password_hash: "$argon2id$x",
-                    device_key: &DeviceKey([1; 32]),
-                    invite_token: None,
-                })
-                .unwrap();
-            let room = store
-                .create_room(NewRoom {
-                    name: "lab",
-                    group_id: b"g",
-                    group_info: b"gi",
-                    owner: owner.user,
-                    created_entry: b"created",
-                    time_ms: 0,
-                })
-                .unwrap();
-            (room, owner.user)
-        }
 
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(24))]
