@@ -145,6 +145,14 @@ for cfg in dict.fromkeys(r["config"] for r in rows):
     line = "  ".join(show(s) for s in med)
     ratio = f"{(med['conclave'][0] or 0) / best:.2f}x best peer" if best else "-"
     print(f"{cfg:>20}: {line}  -> conclave {ratio}")
+    if cfg.startswith("paced"):
+        # A paced p99 is a run's worst burst or two: each round's, with what the host took meanwhile.
+        p99s = "  ".join(
+            s + " " + " ".join(f"{r['p99_ms']}({r.get('host_steal_ms') or '-'})" for r in rows
+                               if r["config"] == cfg and r["server"] == s)
+            for s in ("ngircd", "inspircd", "conclave"))
+        print(f"{'':>20}  p99 ms by round (host steal ms in the run): {p99s}")
+        continue
     # Round by round: Conclave over the best peer of the same round.
     by_round = []
     for rnd in dict.fromkeys(r["round"] for r in rows):
@@ -161,15 +169,7 @@ for cfg in dict.fromkeys(r["config"] for r in rows):
               and num(r.get("server_cpu_percent") or "-")]
         per_cpu[s] = statistics.median(xs) if xs else None
     shown = "  ".join(f"{s} {'-' if v is None else f'{v:,.0f}'}" for s, v in per_cpu.items())
-    if cfg.startswith("paced"):
-        # A paced p99 is a run's worst burst or two: each round's, with what the host took meanwhile.
-        p99s = "  ".join(
-            s + " " + " ".join(f"{r['p99_ms']}({r.get('host_steal_ms') or '-'})" for r in rows
-                               if r["config"] == cfg and r["server"] == s)
-            for s in ("ngircd", "inspircd", "conclave"))
-        print(f"{'':>20}  p99 ms by round (host steal ms in the run): {p99s}")
-    else:
-        print(f"{'':>20}  rounds: {' '.join(by_round) or '-'};  deliveries per server CPU-second: {shown}")
+    print(f"{'':>20}  rounds: {' '.join(by_round) or '-'};  deliveries per server CPU-second: {shown}")
 idle = list(csv.DictReader(open(sys.argv[3]), delimiter="\t"))
 if idle:
     print(f"\nidle connections, medians over rounds; raw: {sys.argv[3]}")

@@ -190,20 +190,13 @@ impl SqliteStore {
         let log_conn = open_conn(path, fsync)?;
         // Replaces SQLite's own checkpoint-on-commit for this connection.
         log_conn.wal_hook(Some(count_wal_pages));
-        let (wake_tx, wake) = sync_channel(1);
-        let mut store = Self {
+        let store = Self {
             conn: Mutex::new(conn),
             log_conn: Mutex::new(log_conn),
-            checkpointer: Checkpointer { wake: Some(wake_tx), thread: None, woken_at: AtomicI32::new(0) },
+            checkpointer: Checkpointer::start(open_conn(path, fsync)?)?,
             wal_pages: (CHECKPOINT_PAGES, CHECKPOINT_INLINE_PAGES),
         };
         store.migrate()?;
-        let checkpointer = open_conn(path, fsync)?;
-        let thread = std::thread::Builder::new()
-            .name("conclave-checkpoint".into())
-            .spawn(move || checkpoint_when_woken(&checkpointer, &wake))
-            .map_err(|e| StoreError::Database(format!("cannot start the checkpoint thread: {e}")))?;
-        store.checkpointer.thread = Some(thread);
         Ok(store)
     }
 
@@ -243,6 +236,16 @@ struct Checkpointer {
 }
 
 impl Checkpointer {
+    /// Starts the thread, with its own connection.
+    fn start(conn: Connection) -> Result<Self, StoreError> {
+        let (wake, woken) = sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("conclave-checkpoint".into())
+            .spawn(move || checkpoint_when_woken(&conn, &woken))
+            .map_err(|e| StoreError::Database(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(Self { wake: Some(wake), thread: Some(thread), woken_at: AtomicI32::new(0) })
+    }
+
     /// Wakes the thread once per `every` pages of new WAL, not at every
     /// commit: each checkpoint costs an fsync of the database file and CPU
     /// that the deliveries want.
@@ -820,7 +823,7 @@ impl Store for SqliteStore {
                 ),
                 Err(e) => tracing::warn!(error = %e, "inline checkpoint failed"),
             }
-        } else if pages >= background {
+        } else {
             self.checkpointer.wake_per(pages, background);
         }
         results
