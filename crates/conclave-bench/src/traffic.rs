@@ -385,8 +385,14 @@ pub async fn run(
             (shared.clone(), last_send.clone(), senders_done.clone(), name.clone());
         let rate = load.rate;
         sender_tasks.push(tokio::spawn(async move {
+            // Every sender's ticks fall on the same instants (the clock's
+            // start plus whole periods), so paced senders send together. An
+            // interval started by each task itself would begin a few µs
+            // apart, and tokio's timer fires in whole milliseconds: in some
+            // runs the ten would split over two ticks, a millisecond apart.
             let mut tick = rate.map(|r| {
-                let mut i = tokio::time::interval(Duration::from_secs_f64(1.0 / r.max(0.001)));
+                let start = tokio::time::Instant::from_std(shared.start);
+                let mut i = tokio::time::interval_at(start, Duration::from_secs_f64(1.0 / r.max(0.001)));
                 i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
                 i
             });
