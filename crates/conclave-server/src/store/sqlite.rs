@@ -16,9 +16,10 @@
 
 use std::cell::Cell;
 use std::path::Path;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use conclave_proto::{validate_username, DisplayName, Role, Username};
 use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
@@ -141,6 +142,16 @@ const CHECKPOINT_PAGES: i32 = 500;
 /// such a stall is rarer than SQLite's own and about four times as long.
 const CHECKPOINT_INLINE_PAGES: i32 = 4_000;
 
+/// A woken checkpointer waits for this long a time without a log commit
+/// before it starts: a commit is followed by its fan-out, which wants the
+/// CPU (and the server's one disk) more than the checkpoint does.
+const CHECKPOINT_LULL: Duration = Duration::from_millis(10);
+
+/// ...but no longer than this: under steady load there is no lull, and the
+/// WAL must not grow towards [`CHECKPOINT_INLINE_PAGES`] meanwhile (50 ms
+/// of the log writer's fastest appends are a few hundred pages).
+const CHECKPOINT_MAX_WAIT: Duration = Duration::from_millis(50);
+
 thread_local! {
     /// Pages in the WAL after this thread's last commit on a connection with
     /// [`count_wal_pages`] as its WAL hook.
@@ -169,7 +180,7 @@ fn open_conn(path: &Path, fsync: bool) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL").map_err(db)?;
     conn.pragma_update(None, "synchronous", if fsync { "FULL" } else { "OFF" }).map_err(db)?;
     conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10)).map_err(db)?;
+    conn.busy_timeout(Duration::from_secs(10)).map_err(db)?;
     Ok(conn)
 }
 
@@ -233,22 +244,31 @@ struct Checkpointer {
     thread: Option<std::thread::JoinHandle<()>>,
     /// WAL pages at the last wake-up.
     woken_at: AtomicI32,
+    /// Log commits so far; the thread watches it for a lull.
+    commits: Arc<AtomicU64>,
 }
 
 impl Checkpointer {
     /// Starts the thread, with its own connection.
     fn start(conn: Connection) -> Result<Self, StoreError> {
         let (wake, woken) = sync_channel(1);
+        let commits = Arc::new(AtomicU64::new(0));
+        let watched = commits.clone();
         let thread = std::thread::Builder::new()
             .name("conclave-checkpoint".into())
-            .spawn(move || checkpoint_when_woken(&conn, &woken))
+            .spawn(move || checkpoint_when_woken(&conn, &woken, &watched))
             .map_err(|e| StoreError::Database(format!("cannot start the checkpoint thread: {e}")))?;
-        Ok(Self { wake: Some(wake), thread: Some(thread), woken_at: AtomicI32::new(0) })
+        Ok(Self { wake: Some(wake), thread: Some(thread), woken_at: AtomicI32::new(0), commits })
     }
 
-    /// Wakes the thread once per `every` pages of new WAL, not at every
-    /// commit: each checkpoint costs an fsync of the database file and CPU
-    /// that the deliveries want.
+    /// A log commit left `pages` in the WAL. Wakes the thread once per
+    /// `every` pages of new WAL, not at every commit: each checkpoint costs
+    /// an fsync of the database file and CPU that the deliveries want.
+    fn committed(&self, pages: i32, every: i32) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.wake_per(pages, every);
+    }
+
     fn wake_per(&self, pages: i32, every: i32) {
         let last = self.woken_at.load(Ordering::Relaxed);
         if pages < every {
@@ -285,12 +305,36 @@ fn checkpoint(conn: &Connection) -> Result<(i64, i64), StoreError> {
 /// The checkpointer's loop: one checkpoint per wake-up, until the store is
 /// dropped. A failure is logged and retried at the next wake-up; meanwhile
 /// the log writer's inline checkpoint bounds the WAL.
-fn checkpoint_when_woken(conn: &Connection, wake: &Receiver<()>) {
+fn checkpoint_when_woken(conn: &Connection, wake: &Receiver<()>, commits: &AtomicU64) {
     run_at_lowest_priority();
     while wake.recv().is_ok() {
+        wait_for_lull(commits, CHECKPOINT_LULL, CHECKPOINT_MAX_WAIT, std::thread::sleep);
         match checkpoint(conn) {
             Ok((log, done)) => tracing::trace!(log, done, "WAL checkpointed"),
             Err(e) => tracing::warn!(error = %e, "background checkpoint failed; retrying at the next commit"),
+        }
+    }
+}
+
+/// Sleeps (with `sleep`) in steps of `lull` until one passes with no new
+/// commit counted in `commits`, or until `max` has been slept. Returns
+/// whether the lull came.
+fn wait_for_lull(
+    commits: &AtomicU64,
+    lull: Duration,
+    max: Duration,
+    mut sleep: impl FnMut(Duration),
+) -> bool {
+    let mut slept = Duration::ZERO;
+    loop {
+        let before = commits.load(Ordering::Relaxed);
+        sleep(lull);
+        slept += lull;
+        if commits.load(Ordering::Relaxed) == before {
+            return true;
+        }
+        if slept >= max {
+            return false;
         }
     }
 }
@@ -824,7 +868,7 @@ impl Store for SqliteStore {
                 Err(e) => tracing::warn!(error = %e, "inline checkpoint failed"),
             }
         } else {
-            self.checkpointer.wake_per(pages, background);
+            self.checkpointer.committed(pages, background);
         }
         results
     }
@@ -961,9 +1005,9 @@ mod tests {
         }
         // Writes that pause let the checkpointer catch up; then a commit
         // starts the WAL over instead of growing it.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
-            std::thread::sleep(std::time::Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(10));
             let now = append(&store, room, owner, &mut seq, 1);
             if now < pages {
                 break;
@@ -979,7 +1023,12 @@ mod tests {
     #[test]
     fn the_checkpointer_is_woken_once_per_500_pages_and_again_after_the_wal_starts_over() {
         let (tx, rx) = sync_channel(100);
-        let c = Checkpointer { wake: Some(tx), thread: None, woken_at: AtomicI32::new(0) };
+        let c = Checkpointer {
+            wake: Some(tx),
+            thread: None,
+            woken_at: AtomicI32::new(0),
+            commits: Arc::default(),
+        };
         let mut wakes = Vec::new();
         for pages in [9, 400, 499, 500, 510, 999, 1000, 1200, 1499, 1500, 12, 300, 520, 530, 1020] {
             c.wake_per(pages, 500);
@@ -988,6 +1037,34 @@ mod tests {
             }
         }
         assert_eq!(wakes, [500, 1000, 1500, 520, 1020]);
+    }
+
+    #[test]
+    fn the_checkpointer_waits_for_a_lull_in_the_commits_but_not_for_ever() {
+        let commits = AtomicU64::new(0);
+        let ms = Duration::from_millis;
+        // No commit while it waits: one step.
+        let mut steps = 0;
+        assert!(wait_for_lull(&commits, ms(10), ms(50), |_| steps += 1));
+        assert_eq!(steps, 1);
+        // Commits during the first two steps, none in the third.
+        let mut steps = 0;
+        let lull = wait_for_lull(&commits, ms(10), ms(50), |_| {
+            steps += 1;
+            if steps <= 2 {
+                commits.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        assert!(lull);
+        assert_eq!(steps, 3);
+        // Commits never stop: it gives up after 50 ms of steps.
+        let mut steps = 0;
+        let lull = wait_for_lull(&commits, ms(10), ms(50), |_| {
+            steps += 1;
+            commits.fetch_add(1, Ordering::Relaxed);
+        });
+        assert!(!lull);
+        assert_eq!(steps, 5);
     }
 
     #[test]
