@@ -142,9 +142,9 @@ const CHECKPOINT_PAGES: i32 = 500;
 /// such a stall is rarer than SQLite's own and about four times as long.
 const CHECKPOINT_INLINE_PAGES: i32 = 4_000;
 
-/// A woken checkpointer waits for this long a time without a log commit
-/// before it starts: a commit is followed by its fan-out, which wants the
-/// CPU (and the server's one disk) more than the checkpoint does.
+/// A woken checkpointer first waits until this long has passed with no log
+/// commit: a commit is followed by its fan-out, which wants the CPU more
+/// than the checkpoint does.
 const CHECKPOINT_LULL: Duration = Duration::from_millis(10);
 
 /// ...but no longer than this: under steady load there is no lull, and the
