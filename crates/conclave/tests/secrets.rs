@@ -12,53 +12,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_conclave");
+mod common;
+
+use common::{Served, BIN};
 
 /// How long one client command may take before the test gives up on it.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// The server, run at trace level with its stderr in a file; killed when
-/// dropped.
-struct Served {
-    child: Child,
-    addr: String,
-    log: PathBuf,
-}
-
-impl Served {
-    fn start(dir: &Path) -> Served {
-        let log = dir.join("server.log");
-        let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--data"])
-            .arg(dir.join("data"))
-            .env("RUST_LOG", "trace")
-            .env_remove("CONCLAVE_DATA")
-            .stdout(Stdio::piped())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let listening = lines.next().unwrap().unwrap();
-        let addr = listening.strip_prefix("listening on ").unwrap().to_owned();
-        let fp_line = lines.next().unwrap().unwrap();
-        assert!(fp_line.starts_with("fingerprint SHA256:"), "{fp_line}");
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        Served { child, addr, log }
-    }
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// Client commands, each at trace level with its stderr kept in its own file.
 struct Clients {
@@ -286,7 +250,8 @@ fn the_scanner_knows_the_usual_shapes() {
 #[test]
 fn no_password_key_or_plaintext_reaches_a_log_at_trace() {
     let dir = tempfile::tempdir().unwrap();
-    let mut server = Served::start(dir.path());
+    let server_log = dir.path().join("server.log");
+    let server = Served::start_logged(&dir.path().join("data"), &server_log, &[("RUST_LOG", "trace")]);
     let mut c = Clients { dir: dir.path().to_owned(), addr: server.addr.clone(), logs: Vec::new() };
 
     let alice_password = "Alice-pw-tangerine-quokka-7731";
@@ -368,9 +333,7 @@ fn no_password_key_or_plaintext_reaches_a_log_at_trace() {
     }
 
     // Stop the server before reading its log, so the log is complete.
-    let _ = server.child.kill();
-    let _ = server.child.wait();
-    let server_log = server.log.clone();
+    server.stop();
 
     let mut logs = vec![server_log.clone()];
     logs.extend(c.logs.iter().cloned());

@@ -27,12 +27,23 @@ impl Served {
     }
 
     pub fn start_on(data: &Path, listen: &str, extra: &[&str]) -> Served {
+        Self::spawn(data, listen, extra, &[], Stdio::null())
+    }
+
+    /// Like [`Served::start`], with `env` set for the server and its
+    /// stderr (its log) written to the file `log`.
+    pub fn start_logged(data: &Path, log: &Path, env: &[(&str, &str)]) -> Served {
+        Self::spawn(data, "127.0.0.1:0", &[], env, std::fs::File::create(log).unwrap().into())
+    }
+
+    fn spawn(data: &Path, listen: &str, extra: &[&str], env: &[(&str, &str)], stderr: Stdio) -> Served {
         let mut child = Command::new(BIN)
             .args(["serve", "--listen", listen, "--data"])
             .arg(data)
             .args(extra)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -41,6 +52,8 @@ impl Served {
         let fp_line = lines.next().unwrap().unwrap();
         let fingerprint = fp_line.strip_prefix("fingerprint ").unwrap().to_owned();
         assert!(fingerprint.starts_with("SHA256:"), "{fp_line}");
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
         Served { child, addr, fingerprint }
     }
 
