@@ -10,9 +10,10 @@
 //! instead, beside the writer (SQLite's PASSIVE mode blocks neither writers
 //! nor readers); once it has caught up, the next commit starts the WAL from
 //! its beginning again, so the file stops growing and commits overwrite
-//! blocks already on disk (cheaper to sync than appended ones). It runs at
-//! the lowest priority: on a server with one busy core, a checkpoint at
-//! normal priority was seen running ahead of a batch's fan-out.
+//! blocks already on disk (cheaper to sync than appended ones). Woken, it
+//! waits for a lull in the commits and runs at the lowest priority: on a
+//! server with one busy core, a checkpoint started at once, or at normal
+//! priority, was seen running into a batch's fan-out.
 
 use std::cell::Cell;
 use std::path::Path;
