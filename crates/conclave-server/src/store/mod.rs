@@ -2,8 +2,9 @@
 //!
 //! [`Store`] is what the rest of the server sees; [`sqlite::SqliteStore`] is the
 //! embedded default. A second engine (PostgreSQL, for several server nodes)
-//! implements the same trait and runs the same conformance tests. Calls are
-//! blocking: async code reaches them through [`crate::blocking`].
+//! implements the same trait and runs the same conformance suite:
+//! `conformance::run_all`, public with the crate's `conformance` feature.
+//! Calls are blocking: async code reaches them through [`crate::blocking`].
 
 pub mod sqlite;
 
@@ -344,5 +345,5 @@ pub trait Store: Send + Sync + 'static {
     fn welcomes_for(&self, user: UserId, device: DeviceNo) -> Result<Vec<StoredWelcome>, StoreError>;
 }
 
-#[cfg(test)]
-mod conformance;
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;

@@ -1,168 +1,33 @@
 //! The embedded default store: one SQLite file in WAL mode.
 //!
-//! Migrations live here, numbered by `PRAGMA user_version`. The connection
-//! sits behind a mutex; every call is short and runs on a blocking thread.
-//!
-//! The log writer's commits never checkpoint the WAL themselves: copying a
-//! thousand pages into the database file and waiting for the disk twice took
-//! a whole group commit a few milliseconds every hundred or so commits, which
-//! every recipient of that batch waited for. A thread of its own checkpoints
-//! instead, beside the writer (SQLite's PASSIVE mode blocks neither writers
-//! nor readers); once it has caught up, the next commit starts the WAL from
-//! its beginning again, so the file stops growing and commits overwrite
-//! blocks already on disk (cheaper to sync than appended ones). Woken, it
-//! waits for a lull in the commits and runs at the lowest priority: on a
-//! server with one busy core, a checkpoint started at once, or at normal
-//! priority, was seen running into a batch's fan-out.
+//! The connection sits behind a mutex; every call is short and runs on a
+//! blocking thread. `migrations` holds the schema, numbered by
+//! `PRAGMA user_version`; `checkpoint` the thread that copies the
+//! write-ahead log into the database file (its module doc says why it is a
+//! thread of its own); `rows` how rows map to domain values and back.
 
-use std::cell::Cell;
+mod checkpoint;
+mod migrations;
+mod rows;
+
 use std::path::Path;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use conclave_proto::{validate_username, DisplayName, Role, Username};
-use rusqlite::{params, Connection, ErrorCode, OptionalExtension, TransactionBehavior};
-use sha2::{Digest, Sha256};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
+use self::checkpoint::{
+    checkpoint, count_wal_pages, Checkpointer, CHECKPOINT_INLINE_PAGES, CHECKPOINT_PAGES, WAL_PAGES,
+};
+use self::rows::{
+    account_row, apply_op, count_packages, db, db_ref, now, role_from_int, role_to_int, to_account, to_i64,
+    token_hash, unique,
+};
 use super::{
     ClientMsgKey, Credential, DeviceAccount, DeviceKey, DeviceNo, NewAccount, NewKeyPackage, NewRoom, RoomId,
     RoomMember, RoomRecord, Store, StoreError, StoredWelcome, UserId, WriteOp,
 };
-
-/// Each entry upgrades the schema by one version. Append only.
-const MIGRATIONS: &[&str] = &[
-    // 1: accounts, devices, invitations.
-    "CREATE TABLE users (
-         id            INTEGER PRIMARY KEY,
-         username      TEXT NOT NULL UNIQUE COLLATE NOCASE,
-         display_name  TEXT NOT NULL,
-         password_hash TEXT NOT NULL,
-         created_at    INTEGER NOT NULL
-     );
-     CREATE TABLE devices (
-         user_id    INTEGER NOT NULL REFERENCES users(id),
-         device_no  INTEGER NOT NULL,
-         public_key BLOB NOT NULL UNIQUE,
-         created_at INTEGER NOT NULL,
-         PRIMARY KEY (user_id, device_no)
-     );
-     CREATE TABLE invites (
-         token_sha256 TEXT PRIMARY KEY,
-         created_at   INTEGER NOT NULL,
-         used_at      INTEGER
-     );",
-    // 2: rooms, their members and logs, KeyPackages, Welcomes.
-    // Roles are stored as numbers: 0 owner, 1 admin, 2 member (stable, do not renumber).
-    "CREATE TABLE rooms (
-         id         INTEGER PRIMARY KEY,
-         name       TEXT NOT NULL UNIQUE,
-         group_id   BLOB NOT NULL UNIQUE,
-         epoch      INTEGER NOT NULL,
-         group_info BLOB NOT NULL,
-         created_at INTEGER NOT NULL
-     );
-     CREATE TABLE room_members (
-         room_id    INTEGER NOT NULL REFERENCES rooms(id),
-         user_id    INTEGER NOT NULL REFERENCES users(id),
-         role       INTEGER NOT NULL,
-         joined_seq INTEGER NOT NULL,
-         PRIMARY KEY (room_id, user_id)
-     ) WITHOUT ROWID;
-     CREATE INDEX room_members_by_user ON room_members(user_id);
-     CREATE TABLE log (
-         room_id       INTEGER NOT NULL,
-         seq           INTEGER NOT NULL,
-         time_ms       INTEGER NOT NULL,
-         sender_user   INTEGER,
-         sender_device INTEGER,
-         client_msg_id INTEGER,
-         entry         BLOB NOT NULL,
-         PRIMARY KEY (room_id, seq)
-     ) WITHOUT ROWID;
-     CREATE UNIQUE INDEX log_client_msg ON log(room_id, sender_user, sender_device, client_msg_id)
-         WHERE client_msg_id IS NOT NULL;
-     CREATE TABLE key_packages (
-         id          INTEGER PRIMARY KEY,
-         user_id     INTEGER NOT NULL,
-         device_no   INTEGER NOT NULL,
-         last_resort INTEGER NOT NULL,
-         data        BLOB NOT NULL
-     );
-     CREATE INDEX key_packages_by_device ON key_packages(user_id, device_no, last_resort);
-     CREATE TABLE welcomes (
-         user_id   INTEGER NOT NULL,
-         device_no INTEGER NOT NULL,
-         room_id   INTEGER NOT NULL,
-         seq       INTEGER NOT NULL,
-         data      BLOB NOT NULL,
-         PRIMARY KEY (user_id, device_no, room_id, seq)
-     ) WITHOUT ROWID;",
-    // 3: the server's saved keyless group state per room.
-    "ALTER TABLE rooms ADD COLUMN group_state BLOB;",
-    // 4: every single-use KeyPackage ever stored, until it expires, so that
-    // none is stored (and handed out) twice. Packages stored before this
-    // version are not in it.
-    "CREATE TABLE key_package_refs (
-         ref       BLOB PRIMARY KEY,
-         not_after INTEGER NOT NULL
-     ) WITHOUT ROWID;
-     CREATE INDEX key_package_refs_by_expiry ON key_package_refs(not_after);",
-];
-
-fn role_to_int(role: Role) -> i64 {
-    match role {
-        Role::Owner => 0,
-        Role::Admin => 1,
-        Role::Member => 2,
-    }
-}
-
-fn role_from_int(n: i64) -> Result<Role, StoreError> {
-    match n {
-        0 => Ok(Role::Owner),
-        1 => Ok(Role::Admin),
-        2 => Ok(Role::Member),
-        other => Err(StoreError::Database(format!("unknown stored role {other}"))),
-    }
-}
-
-/// SQLite stores integers signed; sequence numbers and ids stay far below 2^63.
-fn to_i64(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
-}
-
-/// WAL pages after which a log commit asks the checkpointer to run.
-const CHECKPOINT_PAGES: i32 = 500;
-
-/// WAL pages after which the log writer checkpoints itself, between two
-/// batches: the checkpointer has not caught up (writes never paused, or the
-/// CPU was never free for it), and the WAL (and every reader's walk through
-/// it) must not grow without bound. 16 MiB: four times SQLite's default, so
-/// such a stall is rarer than SQLite's own and about four times as long.
-const CHECKPOINT_INLINE_PAGES: i32 = 4_000;
-
-/// A woken checkpointer first waits until this long has passed with no log
-/// commit: a commit is followed by its fan-out, which wants the CPU more
-/// than the checkpoint does.
-const CHECKPOINT_LULL: Duration = Duration::from_millis(10);
-
-/// ...but no longer than this: under steady load there is no lull, and the
-/// WAL must not grow towards [`CHECKPOINT_INLINE_PAGES`] meanwhile (50 ms
-/// of the log writer's fastest appends are a few hundred pages).
-const CHECKPOINT_MAX_WAIT: Duration = Duration::from_millis(50);
-
-thread_local! {
-    /// Pages in the WAL after this thread's last commit on a connection with
-    /// [`count_wal_pages`] as its WAL hook.
-    static WAL_PAGES: Cell<i32> = const { Cell::new(0) };
-}
-
-fn count_wal_pages(_: &rusqlite::hooks::Wal, pages: std::os::raw::c_int) -> rusqlite::Result<()> {
-    WAL_PAGES.set(pages);
-    Ok(())
-}
 
 /// The SQLite store. One connection serves requests; a second, used only
 /// by the log writer's batches, keeps group commits off the request path; a
@@ -219,263 +84,8 @@ impl SqliteStore {
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
-        let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(db)?;
-        let version: usize = tx.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(db)?;
-        if version > MIGRATIONS.len() {
-            return Err(StoreError::Database(format!(
-                "the database has schema version {version}, newer than this build knows ({}); \
-                 run a newer conclave",
-                MIGRATIONS.len()
-            )));
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
-            tx.execute_batch(sql).map_err(db)?;
-            tx.pragma_update(None, "user_version", i + 1).map_err(db)?;
-        }
-        tx.commit().map_err(db)
+        migrations::migrate(&mut self.lock())
     }
-}
-
-/// The checkpointer thread and what wakes it. Dropping it waits for the
-/// thread to close its connection, so a dropped store has no connection
-/// left open (a file renamed or reopened right after sees all it wrote).
-struct Checkpointer {
-    wake: Option<SyncSender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-    /// WAL pages at the last wake-up.
-    woken_at: AtomicI32,
-    /// Log commits so far; the thread watches it for a lull.
-    commits: Arc<AtomicU64>,
-}
-
-impl Checkpointer {
-    /// Starts the thread, with its own connection.
-    fn start(conn: Connection) -> Result<Self, StoreError> {
-        let (wake, woken) = sync_channel(1);
-        let commits = Arc::new(AtomicU64::new(0));
-        let watched = commits.clone();
-        let thread = std::thread::Builder::new()
-            .name("conclave-checkpoint".into())
-            .spawn(move || checkpoint_when_woken(&conn, &woken, &watched))
-            .map_err(|e| StoreError::Database(format!("cannot start the checkpoint thread: {e}")))?;
-        Ok(Self { wake: Some(wake), thread: Some(thread), woken_at: AtomicI32::new(0), commits })
-    }
-
-    /// A log commit left `pages` in the WAL. Wakes the thread once per
-    /// `every` pages of new WAL, not at every commit: each checkpoint costs
-    /// an fsync of the database file and CPU that the deliveries want.
-    fn committed(&self, pages: i32, every: i32) {
-        self.commits.fetch_add(1, Ordering::Relaxed);
-        self.wake_per(pages, every);
-    }
-
-    fn wake_per(&self, pages: i32, every: i32) {
-        let last = self.woken_at.load(Ordering::Relaxed);
-        if pages < every {
-            // The WAL started over.
-            self.woken_at.store(0, Ordering::Relaxed);
-            return;
-        }
-        if pages < last + every && pages >= last {
-            return;
-        }
-        self.woken_at.store(pages, Ordering::Relaxed);
-        // Full means it is already woken; it will see these pages too.
-        if let Some(wake) = &self.wake {
-            let _ = wake.try_send(());
-        }
-    }
-}
-
-impl Drop for Checkpointer {
-    fn drop(&mut self) {
-        drop(self.wake.take());
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-/// One PASSIVE checkpoint: (pages in the WAL, pages now copied into the
-/// database). Another checkpoint already running makes this one a no-op.
-fn checkpoint(conn: &Connection) -> Result<(i64, i64), StoreError> {
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| Ok((r.get(1)?, r.get(2)?))).map_err(db)
-}
-
-/// The checkpointer's loop: one checkpoint per wake-up, until the store is
-/// dropped. A failure is logged and retried at the next wake-up; meanwhile
-/// the log writer's inline checkpoint bounds the WAL.
-fn checkpoint_when_woken(conn: &Connection, wake: &Receiver<()>, commits: &AtomicU64) {
-    run_at_lowest_priority();
-    while wake.recv().is_ok() {
-        wait_for_lull(commits, CHECKPOINT_LULL, CHECKPOINT_MAX_WAIT, std::thread::sleep);
-        match checkpoint(conn) {
-            Ok((log, done)) => tracing::trace!(log, done, "WAL checkpointed"),
-            Err(e) => tracing::warn!(error = %e, "background checkpoint failed; retrying at the next commit"),
-        }
-    }
-}
-
-/// Sleeps (with `sleep`) in steps of `lull` until one passes with no new
-/// commit counted in `commits`, or until `max` has been slept. Returns
-/// whether the lull came.
-fn wait_for_lull(
-    commits: &AtomicU64,
-    lull: Duration,
-    max: Duration,
-    mut sleep: impl FnMut(Duration),
-) -> bool {
-    let mut slept = Duration::ZERO;
-    loop {
-        let before = commits.load(Ordering::Relaxed);
-        sleep(lull);
-        slept += lull;
-        if commits.load(Ordering::Relaxed) == before {
-            return true;
-        }
-        if slept >= max {
-            return false;
-        }
-    }
-}
-
-/// Makes the calling thread the last to get a contended CPU (nice 19): a
-/// checkpoint is never urgent, the deliveries waiting for that CPU are. (On
-/// one core, a checkpoint at normal priority ran ahead of a batch's fan-out.)
-fn run_at_lowest_priority() {
-    #[cfg(target_os = "linux")]
-    // Linux keeps the nice value per thread: this thread's id changes only it.
-    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
-        tracing::debug!(error = %e, "the checkpointer runs at normal priority");
-    }
-}
-
-fn db(e: rusqlite::Error) -> StoreError {
-    StoreError::Database(e.to_string())
-}
-
-fn db_ref(e: &rusqlite::Error) -> StoreError {
-    StoreError::Database(e.to_string())
-}
-
-fn count_packages(conn: &Connection, user: UserId, device: DeviceNo) -> Result<u32, StoreError> {
-    conn.query_row(
-        "SELECT COUNT(*) FROM key_packages WHERE user_id = ?1 AND device_no = ?2 AND last_resort = 0",
-        params![user.0, device.0],
-        |r| r.get(0),
-    )
-    .map_err(db)
-}
-
-fn apply_op(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> Result<(), StoreError> {
-    match op {
-        WriteOp::Append { room, seq, time_ms, sender, client_msg_id, entry } => {
-            tx.prepare_cached(
-                "INSERT INTO log (room_id, seq, time_ms, sender_user, sender_device, client_msg_id, entry)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    room.0,
-                    to_i64(*seq),
-                    to_i64(*time_ms),
-                    sender.map(|(u, _)| u.0),
-                    sender.map(|(_, d)| d.0),
-                    // Bit-cast: ids are opaque 64-bit values, all of them distinct.
-                    client_msg_id.map(|id| id as i64),
-                    entry
-                ])
-            })
-            .map_err(db)?;
-        }
-        WriteOp::SetEpoch { room, epoch, group_info, group_state } => {
-            tx.execute(
-                "UPDATE rooms SET epoch = ?2, group_info = ?3, group_state = ?4 WHERE id = ?1",
-                params![room.0, to_i64(*epoch), group_info, group_state],
-            )
-            .map_err(db)?;
-        }
-        WriteOp::AddMember { room, user, role, joined_seq } => {
-            tx.execute(
-                "INSERT INTO room_members (room_id, user_id, role, joined_seq) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (room_id, user_id) DO UPDATE SET role = excluded.role, joined_seq = excluded.joined_seq",
-                params![room.0, user.0, role_to_int(*role), to_i64(*joined_seq)],
-            )
-            .map_err(db)?;
-        }
-        WriteOp::RemoveMember { room, user } => {
-            tx.execute(
-                "DELETE FROM room_members WHERE room_id = ?1 AND user_id = ?2",
-                params![room.0, user.0],
-            )
-            .map_err(db)?;
-        }
-        WriteOp::SetRole { room, user, role } => {
-            tx.execute(
-                "UPDATE room_members SET role = ?3 WHERE room_id = ?1 AND user_id = ?2",
-                params![room.0, user.0, role_to_int(*role)],
-            )
-            .map_err(db)?;
-        }
-        WriteOp::Welcome { room, user, device, seq, welcome } => {
-            tx.execute(
-                "INSERT OR REPLACE INTO welcomes (user_id, device_no, room_id, seq, data) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![user.0, device.0, room.0, to_i64(*seq), welcome],
-            )
-            .map_err(db)?;
-        }
-    }
-    Ok(())
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-fn token_hash(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-/// Maps a UNIQUE violation to the domain error for the column it hit.
-fn unique(e: rusqlite::Error) -> StoreError {
-    if let rusqlite::Error::SqliteFailure(f, Some(msg)) = &e {
-        if f.code == ErrorCode::ConstraintViolation {
-            if msg.contains("users.username") {
-                return StoreError::UsernameTaken;
-            }
-            if msg.contains("devices.public_key") {
-                return StoreError::DeviceKeyInUse;
-            }
-            if msg.contains("rooms.name") || msg.contains("rooms.group_id") {
-                return StoreError::RoomExists;
-            }
-        }
-    }
-    db(e)
-}
-
-type AccountRow = (i64, String, String, u32, Vec<u8>);
-
-fn account_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<AccountRow> {
-    Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?))
-}
-
-fn to_account((user, name, display, device, key): AccountRow) -> Result<DeviceAccount, StoreError> {
-    let username = validate_username(&name)
-        .map_err(|e| StoreError::Database(format!("stored username {name:?} is invalid: {e}")))?;
-    let key: [u8; 32] =
-        key.try_into().map_err(|_| StoreError::Database("stored device key is not 32 bytes".into()))?;
-    Ok(DeviceAccount {
-        user: UserId(user),
-        username,
-        display_name: display,
-        device: DeviceNo(device),
-        key: DeviceKey(key),
-    })
 }
 
 impl Store for SqliteStore {
@@ -905,8 +515,11 @@ mod tests {
     #[test]
     fn conformance() {
         let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("server.db")).unwrap();
-        super::super::conformance::run_all(&store);
+        let mut n = 0;
+        crate::store::conformance::run_all(|| {
+            n += 1;
+            SqliteStore::open(&dir.path().join(format!("server-{n}.db"))).unwrap()
+        });
     }
 
     #[test]
@@ -1019,53 +632,6 @@ mod tests {
         assert!(db_bytes() > before, "the checkpoint copied the log into the database file");
         let (entries, _) = store.read_log(room, 1, 10_000, usize::MAX).unwrap();
         assert_eq!(entries.len() as u64, seq - 1, "every entry reads back");
-    }
-
-    #[test]
-    fn the_checkpointer_is_woken_once_per_500_pages_and_again_after_the_wal_starts_over() {
-        let (tx, rx) = sync_channel(100);
-        let c = Checkpointer {
-            wake: Some(tx),
-            thread: None,
-            woken_at: AtomicI32::new(0),
-            commits: Arc::default(),
-        };
-        let mut wakes = Vec::new();
-        for pages in [9, 400, 499, 500, 510, 999, 1000, 1200, 1499, 1500, 12, 300, 520, 530, 1020] {
-            c.wake_per(pages, 500);
-            if rx.try_recv().is_ok() {
-                wakes.push(pages);
-            }
-        }
-        assert_eq!(wakes, [500, 1000, 1500, 520, 1020]);
-    }
-
-    #[test]
-    fn the_checkpointer_waits_for_a_lull_in_the_commits_but_not_for_ever() {
-        let commits = AtomicU64::new(0);
-        let ms = Duration::from_millis;
-        // No commit while it waits: one step.
-        let mut steps = 0;
-        assert!(wait_for_lull(&commits, ms(10), ms(50), |_| steps += 1));
-        assert_eq!(steps, 1);
-        // Commits during the first two steps, none in the third.
-        let mut steps = 0;
-        let lull = wait_for_lull(&commits, ms(10), ms(50), |_| {
-            steps += 1;
-            if steps <= 2 {
-                commits.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-        assert!(lull);
-        assert_eq!(steps, 3);
-        // Commits never stop: it gives up after 50 ms of steps.
-        let mut steps = 0;
-        let lull = wait_for_lull(&commits, ms(10), ms(50), |_| {
-            steps += 1;
-            commits.fetch_add(1, Ordering::Relaxed);
-        });
-        assert!(!lull);
-        assert_eq!(steps, 5);
     }
 
     #[test]
