@@ -1,7 +1,9 @@
 //! Hooks for the crate's criterion benchmarks (`benches/message_path.rs`):
 //! a room's actor and the connections' outbound queues, driven in-process
 //! without a network. Hidden from the docs and not a stable API: nothing but
-//! the benchmarks should use it.
+//! the benchmarks should use it. Compiled only with the crate's `bench`
+//! feature, which the crate's dev-dependency on itself turns on for its
+//! benches and tests.
 
 use std::sync::Arc;
 

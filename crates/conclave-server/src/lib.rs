@@ -15,6 +15,7 @@
 
 #![warn(missing_docs)]
 
+#[cfg(feature = "bench")]
 #[doc(hidden)]
 pub mod bench_support;
 mod blocking;

@@ -112,7 +112,8 @@ impl Server {
         &self.fingerprint
     }
 
-    /// The state its sessions share (for [`crate::bench_support`]).
+    /// The state its sessions share (for `crate::bench_support`).
+    #[cfg(any(test, feature = "bench"))]
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
