@@ -23,8 +23,11 @@ pub enum DecodeError {
         /// The receiver's limit.
         max: usize,
     },
-    /// The payload is not a valid encoding of the expected frame type.
-    #[error("malformed frame: {0}")]
+    /// The payload is not a valid encoding of the expected type. The
+    /// message names the type, the byte of the payload where decoding
+    /// failed (counted from 0, after the length prefix), and what was
+    /// expected there.
+    #[error("{0}")]
     Malformed(String),
 }
 
@@ -64,13 +67,7 @@ pub fn encode_entry(entry: &crate::LogEntry) -> Result<Vec<u8>, EncodeError> {
 
 /// Decodes a stored log entry.
 pub fn decode_entry(bytes: &[u8]) -> Result<crate::LogEntry, DecodeError> {
-    match postcard::take_from_bytes(bytes) {
-        Ok((entry, [])) => Ok(entry),
-        Ok((_, rest)) => {
-            Err(DecodeError::Malformed(format!("{} bytes left over after the entry", rest.len())))
-        }
-        Err(e) => Err(DecodeError::Malformed(e.to_string())),
-    }
+    decode_exact(bytes, "log entry")
 }
 
 /// Takes one frame off the front of `src` if it is complete.
@@ -95,12 +92,119 @@ pub fn decode<T: DeserializeOwned>(src: &mut BytesMut, max_len: usize) -> Result
     }
     src.advance(LEN_PREFIX);
     let payload = src.split_to(len);
-    match postcard::take_from_bytes(&payload) {
-        Ok((msg, [])) => Ok(Some(msg)),
-        Ok((_, rest)) => {
-            Err(DecodeError::Malformed(format!("{} bytes left over after the payload", rest.len())))
+    decode_exact(&payload, "frame").map(Some)
+}
+
+/// Decodes `bytes` as exactly one `T`, with an error that says where and
+/// why it is not one (`what` names the kind of thing for the message).
+fn decode_exact<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, DecodeError> {
+    let mut de = postcard::Deserializer::from_flavor(Tracked { bytes, pos: 0, last: 0 });
+    let value = T::deserialize(&mut de);
+    // `Tracked::finalize` cannot fail: it hands the position back.
+    let at = de.finalize().unwrap_or(Tracked { bytes, pos: 0, last: 0 });
+    let ty = type_name::<T>();
+    let len = bytes.len();
+    match value {
+        Ok(value) if at.pos == len => Ok(value),
+        Ok(_) => Err(DecodeError::Malformed(format!(
+            "malformed {what}, not a valid {ty}: the {ty} ends at byte {} of the {len}-byte payload, and {} \
+             bytes are left over: the payload must be exactly one {ty} (check the length prefix and each \
+             field's length)",
+            at.pos,
+            len - at.pos
+        ))),
+        Err(e) => Err(DecodeError::Malformed(format!(
+            "malformed {what}, not a valid {ty}: {}",
+            explain(&e, &at, ty)
+        ))),
+    }
+}
+
+/// The last segment of `T`'s path: `ClientFrame`, not `conclave_proto::frame::ClientFrame`.
+fn type_name<T>() -> &'static str {
+    let full = std::any::type_name::<T>();
+    full.rsplit("::").next().unwrap_or(full)
+}
+
+/// What went wrong at `at`, for a person writing a client from docs/PROTOCOL.md.
+fn explain(e: &postcard::Error, at: &Tracked<'_>, ty: &str) -> String {
+    use postcard::Error as E;
+    let len = at.bytes.len();
+    let last = at.last;
+    let byte = at.bytes.get(last).map_or_else(String::new, |b| format!(" ({b:02x})"));
+    match e {
+        E::DeserializeUnexpectedEnd => format!(
+            "the {len}-byte payload ends before the {ty} does: the value at byte {} needs more bytes \
+             (a string, byte string or list length claims more bytes than are left, or fields are missing; \
+             see docs/PROTOCOL.md §3)",
+            at.pos
+        ),
+        E::DeserializeBadVarint => format!(
+            "the varint ending at byte {last}{byte} of the {len}-byte payload is too long or too large for its \
+             type (at most 3 bytes for a u16, 5 for a u32 or an enum variant index, 10 for a u64 or a \
+             length; the last byte has its high bit clear; docs/PROTOCOL.md §3.1)"
+        ),
+        E::DeserializeBadBool => {
+            format!("byte {last}{byte} of the {len}-byte payload is a bool, which must be 00 or 01")
         }
-        Err(e) => Err(DecodeError::Malformed(e.to_string())),
+        E::DeserializeBadOption => format!(
+            "byte {last}{byte} of the {len}-byte payload is an Option tag, which must be 00 (None) or 01 (Some)"
+        ),
+        E::DeserializeBadUtf8 | E::DeserializeBadChar => format!(
+            "the string at byte {last} of the {len}-byte payload is not valid UTF-8 \
+             (a string is a varint byte length, then that many bytes of UTF-8)"
+        ),
+        E::DeserializeBadEnum => format!(
+            "the enum variant index ending at byte {last}{byte} of the {len}-byte payload does not fit in a u32"
+        ),
+        // serde's derived code refuses an unknown variant index through a
+        // custom error; postcard keeps no message for it.
+        E::SerdeDeCustom => format!(
+            "the value at byte {last}{byte} of the {len}-byte payload is not one its type allows: most often an \
+             enum variant index past the type's last variant (the variants of every type, with their indices, \
+             are in docs/PROTOCOL.md §3.3)"
+        ),
+        other => format!("at byte {last} of the {len}-byte payload: {other}"),
+    }
+}
+
+/// A postcard input that remembers how far decoding got: `pos`, the bytes
+/// consumed, and `last`, where the last read began (a failed check is about
+/// the bytes from there).
+struct Tracked<'de> {
+    bytes: &'de [u8],
+    pos: usize,
+    last: usize,
+}
+
+impl<'de> postcard::de_flavors::Flavor<'de> for Tracked<'de> {
+    type Remainder = Tracked<'de>;
+    type Source = &'de [u8];
+
+    fn pop(&mut self) -> postcard::Result<u8> {
+        let byte = *self.bytes.get(self.pos).ok_or(postcard::Error::DeserializeUnexpectedEnd)?;
+        self.last = self.pos;
+        self.pos += 1;
+        Ok(byte)
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.bytes.len() - self.pos)
+    }
+
+    fn try_take_n(&mut self, ct: usize) -> postcard::Result<&'de [u8]> {
+        let taken = self
+            .pos
+            .checked_add(ct)
+            .and_then(|end| self.bytes.get(self.pos..end))
+            .ok_or(postcard::Error::DeserializeUnexpectedEnd)?;
+        self.last = self.pos;
+        self.pos += ct;
+        Ok(taken)
+    }
+
+    fn finalize(self) -> postcard::Result<Tracked<'de>> {
+        Ok(self)
     }
 }
 
@@ -181,5 +285,94 @@ mod tests {
         bytes.truncate(LEN_PREFIX + short as usize);
         let mut buf = BytesMut::from(&bytes[..]);
         assert!(matches!(decode::<ClientFrame>(&mut buf, 1024), Err(DecodeError::Malformed(_))));
+    }
+
+    /// The message of decoding `payload` (without its length prefix) as a `ClientFrame`.
+    fn malformed(payload: &[u8]) -> String {
+        let mut buf = BytesMut::new();
+        buf.put_u32(payload.len() as u32);
+        buf.extend_from_slice(payload);
+        match decode::<ClientFrame>(&mut buf, 1024) {
+            Err(DecodeError::Malformed(message)) => message,
+            other => panic!("{payload:02x?} decoded as {other:?}"),
+        }
+    }
+
+    fn assert_says(message: &str, parts: &[&str]) {
+        assert!(message.starts_with("malformed frame, not a valid ClientFrame: "), "{message}");
+        for part in parts {
+            assert!(message.contains(part), "{message:?} does not say {part:?}");
+        }
+        assert!(!message.contains("Serde") && !message.contains("platform"), "library text: {message}");
+    }
+
+    #[test]
+    fn an_unknown_variant_is_named_with_its_byte() {
+        // ClientFrame has two variants; 05 is none of them.
+        let message = malformed(&[0x05]);
+        assert_says(&message, &["byte 0 (05) of the 1-byte payload", "variant index", "§3.3"]);
+        // Request::Ping is [4]; [99] is past the last request.
+        let message = malformed(&[0x01, 0x07, 0x63]);
+        assert_says(&message, &["byte 2 (63) of the 3-byte payload", "variant index"]);
+    }
+
+    #[test]
+    fn a_varint_overflow_says_varint_not_platform() {
+        // A request id (u64) of ten bytes, the last still with its high bit set.
+        let mut payload = vec![0x01];
+        payload.extend([0xff; 10]);
+        let message = malformed(&payload);
+        assert_says(
+            &message,
+            &["the varint ending at byte 10 (ff) of the 11-byte payload", "too long or too large"],
+        );
+        // A protocol version (u32) of six bytes.
+        let message = malformed(&[0x00, 0x80, 0x80, 0x80, 0x80, 0x80, 0x01]);
+        assert_says(&message, &["the varint ending at byte 5 (80)", "5 for a u32"]);
+    }
+
+    #[test]
+    fn invalid_utf8_names_the_string() {
+        // Hello { protocol_version: 1, client: one byte ff }.
+        let message = malformed(&[0x00, 0x01, 0x01, 0xff]);
+        assert_says(&message, &["the string at byte 3 of the 4-byte payload is not valid UTF-8"]);
+    }
+
+    #[test]
+    fn a_bad_option_tag_is_named() {
+        // UploadKeyPackages { key_packages: [], last_resort: tag 02 }.
+        let message = malformed(&[0x01, 0x07, 0x05, 0x00, 0x02]);
+        assert_says(
+            &message,
+            &["byte 4 (02) of the 5-byte payload is an Option tag", "00 (None) or 01 (Some)"],
+        );
+    }
+
+    #[test]
+    fn a_length_past_the_end_says_where_the_value_starts() {
+        // Hello { protocol_version: 1, client: 16 bytes claimed, 1 sent }.
+        let message = malformed(&[0x00, 0x01, 0x10, b'a']);
+        assert_says(&message, &["the 4-byte payload ends before the ClientFrame does", "value at byte 3"]);
+    }
+
+    #[test]
+    fn left_over_bytes_are_counted() {
+        let mut payload = encode_to_bytes(&sample()).unwrap()[LEN_PREFIX..].to_vec();
+        let end = payload.len();
+        payload.extend([0, 0]);
+        let message = malformed(&payload);
+        assert_says(
+            &message,
+            &[
+                &format!("the ClientFrame ends at byte {end} of the {}-byte payload", end + 2),
+                "2 bytes are left over",
+            ],
+        );
+    }
+
+    #[test]
+    fn a_malformed_log_entry_says_so() {
+        let err = decode_entry(&[0xff, 0xff]).unwrap_err().to_string();
+        assert!(err.starts_with("malformed log entry, not a valid LogEntry: "), "{err}");
     }
 }
