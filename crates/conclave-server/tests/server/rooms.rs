@@ -6,51 +6,7 @@ use std::path::Path;
 use conclave_client::{Chat, ClientError, DeviceKey, Update};
 use conclave_proto::{EntryBody, ErrorCode, Password, Request, Response, Role};
 
-use super::{spawn_server, spawn_server_in, TestServer};
-
-/// A registered user with a profile directory and an open `Chat`.
-struct User {
-    name: String,
-    device: DeviceKey,
-    profile: tempfile::TempDir,
-    chat: Chat,
-}
-
-async fn user(s: &TestServer, name: &str) -> User {
-    let device = DeviceKey::generate();
-    let conn = s.connect().await;
-    let info =
-        conn.register(&device, name, Password::new("correct horse battery"), None, None).await.unwrap();
-    let profile = tempfile::tempdir().unwrap();
-    let mut chat = Chat::open(profile.path(), &device, conn, info).unwrap();
-    chat.catch_up().await.unwrap();
-    User { name: name.to_owned(), device, profile, chat }
-}
-
-impl User {
-    /// A fresh connection and engine, as after a restart of the client.
-    async fn reconnect(&mut self, s: &TestServer) {
-        let conn = s.connect().await;
-        let info = conn.authenticate(&self.device).await.unwrap();
-        self.chat = Chat::open(self.profile.path(), &self.device, conn, info).unwrap();
-        self.chat.catch_up().await.unwrap();
-    }
-
-    /// (kind, sender, text) of the room's local history.
-    async fn history(&mut self, room: &str) -> Vec<(String, String, String)> {
-        self.chat.sync_room(room).await.unwrap();
-        self.chat.history(room, 0, 10_000).unwrap().into_iter().map(|r| (r.kind, r.sender, r.text)).collect()
-    }
-
-    async fn messages(&mut self, room: &str) -> Vec<String> {
-        self.history(room)
-            .await
-            .into_iter()
-            .filter(|(k, _, _)| k == "message")
-            .map(|(_, s, t)| format!("{s}: {t}"))
-            .collect()
-    }
-}
+use super::{in_room, spawn_server, spawn_server_in, user, users, TestServer, User};
 
 fn code(e: &ClientError) -> ErrorCode {
     e.code().unwrap_or_else(|| panic!("expected a server error, got {e}"))
@@ -59,15 +15,8 @@ fn code(e: &ClientError) -> ErrorCode {
 #[tokio::test]
 async fn three_users_create_add_exchange_and_remove() {
     let s = spawn_server(|_| {}).await;
-    let mut alice = user(&s, "alice").await;
-    let mut bob = user(&s, "bob").await;
-    let mut carol = user(&s, "carol").await;
-
-    alice.chat.create_room("lab").await.unwrap();
-    alice.chat.add("lab", &["bob".into(), "carol".into()]).await.unwrap();
+    let [mut alice, mut bob, mut carol] = in_room(&s, "lab", ["alice", "bob", "carol"]).await;
     alice.chat.send("lab", "the build is green").await.unwrap();
-    bob.chat.catch_up().await.unwrap();
-    carol.chat.catch_up().await.unwrap();
     bob.chat.send("#lab", "nice 🎉").await.unwrap();
 
     for u in [&mut alice, &mut bob, &mut carol] {
@@ -105,14 +54,9 @@ async fn three_users_create_add_exchange_and_remove() {
 #[tokio::test]
 async fn two_admins_adding_at_once_both_succeed() {
     let s = spawn_server(|_| {}).await;
-    let mut alice = user(&s, "alice").await;
-    let mut dave = user(&s, "dave").await;
-    let _erin = user(&s, "erin").await;
-    let _frank = user(&s, "frank").await;
-    alice.chat.create_room("ops").await.unwrap();
-    alice.chat.add("ops", &["dave".into()]).await.unwrap();
+    let [mut alice, mut dave] = in_room(&s, "ops", ["alice", "dave"]).await;
+    let _others = users(&s, ["erin", "frank"]).await;
     alice.chat.set_role("ops", "dave", Role::Admin).await.unwrap();
-    dave.chat.catch_up().await.unwrap();
 
     let (erin, frank) = (vec!["erin".to_owned()], vec!["frank".to_owned()]);
     let (a, d) = tokio::join!(alice.chat.add("ops", &erin), dave.chat.add("ops", &frank));
@@ -132,12 +76,8 @@ async fn two_admins_adding_at_once_both_succeed() {
 #[tokio::test]
 async fn an_offline_member_catches_up_in_order() {
     let s = spawn_server(|_| {}).await;
-    let mut alice = user(&s, "alice").await;
-    let mut bob = user(&s, "bob").await;
+    let [mut alice, mut bob] = in_room(&s, "lab", ["alice", "bob"]).await;
     let _carol = user(&s, "carol").await;
-    alice.chat.create_room("lab").await.unwrap();
-    alice.chat.add("lab", &["bob".into()]).await.unwrap();
-    bob.chat.catch_up().await.unwrap();
 
     // Bob is away while 100 messages and a membership change happen.
     for i in 0..50 {
@@ -164,10 +104,7 @@ async fn an_offline_member_catches_up_in_order() {
 async fn a_restart_loses_nothing_that_was_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let s = spawn_server_in(dir.path()).await;
-    let mut alice = user(&s, "alice").await;
-    let mut bob = user(&s, "bob").await;
-    alice.chat.create_room("lab").await.unwrap();
-    alice.chat.add("lab", &["bob".into()]).await.unwrap();
+    let [mut alice, mut bob] = in_room(&s, "lab", ["alice", "bob"]).await;
     for i in 0..20 {
         alice.chat.send("lab", &format!("before restart {i}")).await.unwrap();
     }
@@ -187,8 +124,7 @@ async fn a_restart_loses_nothing_that_was_acknowledged() {
 #[tokio::test]
 async fn a_repeated_client_message_id_is_stored_once() {
     let s = spawn_server(|_| {}).await;
-    let mut alice = user(&s, "alice").await;
-    alice.chat.create_room("lab").await.unwrap();
+    let [mut alice] = in_room(&s, "lab", ["alice"]).await;
     let before = sync_raw(&s, &alice, "lab").await.len();
     alice.chat.send("lab", "once").await.unwrap();
     let log = sync_raw(&s, &alice, "lab").await;
@@ -222,13 +158,8 @@ async fn sync_raw(s: &TestServer, u: &User, room: &str) -> Vec<conclave_proto::L
 #[tokio::test]
 async fn non_members_and_plain_members_are_refused() {
     let s = spawn_server(|_| {}).await;
-    let mut alice = user(&s, "alice").await;
-    let mut bob = user(&s, "bob").await;
-    let mut mallory = user(&s, "mallory").await;
-    let _carol = user(&s, "carol").await;
-    alice.chat.create_room("lab").await.unwrap();
-    alice.chat.add("lab", &["bob".into()]).await.unwrap();
-    bob.chat.catch_up().await.unwrap();
+    let [mut alice, mut bob] = in_room(&s, "lab", ["alice", "bob"]).await;
+    let [mut mallory, _carol] = users(&s, ["mallory", "carol"]).await;
 
     // A non-member: the same answer for everything, and for rooms that do not exist.
     let conn = mallory.chat.connection();
@@ -275,13 +206,7 @@ async fn non_members_and_plain_members_are_refused() {
 #[tokio::test]
 async fn leaving_works_without_an_admin_and_cuts_delivery() {
     let s = spawn_server(|_| {}).await;
-    let mut alice = user(&s, "alice").await;
-    let mut bob = user(&s, "bob").await;
-    let mut carol = user(&s, "carol").await;
-    alice.chat.create_room("lab").await.unwrap();
-    alice.chat.add("lab", &["bob".into(), "carol".into()]).await.unwrap();
-    bob.chat.catch_up().await.unwrap();
-    carol.chat.catch_up().await.unwrap();
+    let [mut alice, mut bob, mut carol] = in_room(&s, "lab", ["alice", "bob", "carol"]).await;
 
     carol.chat.leave("lab").await.unwrap();
     // Bob, a plain member, speaks next: his client first commits the removal
@@ -301,11 +226,7 @@ async fn leaving_works_without_an_admin_and_cuts_delivery() {
 #[tokio::test]
 async fn a_new_device_joins_its_users_rooms_by_itself() {
     let s = spawn_server(|_| {}).await;
-    let mut alice = user(&s, "alice").await;
-    let mut bob = user(&s, "bob").await;
-    alice.chat.create_room("lab").await.unwrap();
-    alice.chat.add("lab", &["bob".into()]).await.unwrap();
-    bob.chat.catch_up().await.unwrap();
+    let [mut alice, mut bob] = in_room(&s, "lab", ["alice", "bob"]).await;
 
     // Alice enrols a laptop; nobody else acts.
     let laptop_key = DeviceKey::generate();
@@ -328,11 +249,7 @@ async fn a_new_device_joins_its_users_rooms_by_itself() {
 #[tokio::test]
 async fn live_events_reach_subscribers_in_order() {
     let s = spawn_server(|_| {}).await;
-    let mut alice = user(&s, "alice").await;
-    let mut bob = user(&s, "bob").await;
-    alice.chat.create_room("lab").await.unwrap();
-    alice.chat.add("lab", &["bob".into()]).await.unwrap();
-    bob.chat.catch_up().await.unwrap();
+    let [mut alice, mut bob] = in_room(&s, "lab", ["alice", "bob"]).await;
     let mut events = bob.chat.connection().take_events().unwrap();
     bob.chat.subscribe().await.unwrap();
     for i in 0..5 {
@@ -361,11 +278,7 @@ async fn live_events_reach_subscribers_in_order() {
 async fn no_plaintext_reaches_the_servers_disk() {
     let dir = tempfile::tempdir().unwrap();
     let s = spawn_server_in(dir.path()).await;
-    let mut alice = user(&s, "alice").await;
-    let mut bob = user(&s, "bob").await;
-    alice.chat.create_room("vault").await.unwrap();
-    alice.chat.add("vault", &["bob".into()]).await.unwrap();
-    bob.chat.catch_up().await.unwrap();
+    let [mut alice, mut bob] = in_room(&s, "vault", ["alice", "bob"]).await;
     let secrets = ["xylophone-orchid-7731", "the launch code is 0000", "zebra quartz marmalade"];
     for (i, secret) in secrets.iter().enumerate() {
         let who = if i % 2 == 0 { &mut alice } else { &mut bob };
@@ -424,10 +337,7 @@ async fn bad_room_names_and_duplicates_are_refused() {
 #[tokio::test]
 async fn a_subscriber_that_does_not_read_is_disconnected_and_loses_nothing() {
     let s = spawn_server(|c| c.outbound_queue = 4).await;
-    let mut alice = user(&s, "alice").await;
-    let bob = user(&s, "bob").await;
-    alice.chat.create_room("lab").await.unwrap();
-    alice.chat.add("lab", &["bob".into()]).await.unwrap();
+    let [mut alice, bob] = in_room(&s, "lab", ["alice", "bob"]).await;
 
     // Bob subscribes on a raw connection, then stops reading.
     let mut raw = super::RawTls::connect(&s).await;
@@ -497,13 +407,8 @@ async fn a_subscriber_that_does_not_read_is_disconnected_and_loses_nothing() {
 #[tokio::test]
 async fn an_owner_who_leaves_hands_the_room_to_an_admin() {
     let s = spawn_server(|_| {}).await;
-    let mut alice = user(&s, "alice").await;
-    let mut bob = user(&s, "bob").await;
-    let _carol = user(&s, "carol").await;
-    alice.chat.create_room("lab").await.unwrap();
-    alice.chat.add("lab", &["bob".into(), "carol".into()]).await.unwrap();
+    let [mut alice, mut bob, _carol] = in_room(&s, "lab", ["alice", "bob", "carol"]).await;
     alice.chat.set_role("lab", "carol", Role::Admin).await.unwrap();
-    bob.chat.catch_up().await.unwrap();
     alice.chat.leave("lab").await.unwrap();
     let roles: Vec<(String, Role)> =
         bob.chat.members("lab").await.unwrap().into_iter().map(|m| (m.username, m.role)).collect();
@@ -518,11 +423,7 @@ async fn an_owner_who_leaves_hands_the_room_to_an_admin() {
 #[tokio::test]
 async fn a_queued_message_that_can_no_longer_go_out_does_not_block_the_device() {
     let s = spawn_server(|_| {}).await;
-    let mut alice = user(&s, "alice").await;
-    let mut bob = user(&s, "bob").await;
-    alice.chat.create_room("lab").await.unwrap();
-    alice.chat.add("lab", &["bob".into()]).await.unwrap();
-    bob.chat.catch_up().await.unwrap();
+    let [mut alice, mut bob] = in_room(&s, "lab", ["alice", "bob"]).await;
     // Bob queues a line (as the TUI does while offline), then is removed.
     bob.chat.queue_message("lab", "typed while offline").unwrap();
     alice.chat.remove("lab", &["bob".into()]).await.unwrap();
@@ -547,9 +448,7 @@ async fn limits_refuse_with_a_clear_error() {
         c.messages_per_second = 1;
     })
     .await;
-    let mut alice = user(&s, "alice").await;
-    let _bob = user(&s, "bob").await;
-    let _carol = user(&s, "carol").await;
+    let [mut alice, _bob, _carol] = users(&s, ["alice", "bob", "carol"]).await;
     alice.chat.create_room("one").await.unwrap();
     alice.chat.create_room("two").await.unwrap();
     let e = alice.chat.create_room("three").await.unwrap_err();
