@@ -506,3 +506,168 @@ async fn requests_per_connection_are_rate_limited() {
     assert_eq!(conn.request(Request::Ping).await.unwrap(), Response::Pong);
     s.stop().await;
 }
+
+/// Regression (issue 14, item 6): after a failed log write the room was
+/// started afresh with no subscribers, and members who stayed connected
+/// silently stopped receiving it. The fault is real: a trigger, created
+/// through a second connection on the server's database file, makes SQLite
+/// refuse the next log entry.
+#[tokio::test]
+async fn a_room_whose_write_failed_keeps_delivering_to_connected_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn_server_in(dir.path()).await;
+    let [mut alice, mut bob] = in_room(&s, "lab", ["alice", "bob"]).await;
+    let mut events = bob.chat.connection().take_events().unwrap();
+    bob.chat.subscribe().await.unwrap();
+    alice.chat.send("lab", "before the fault").await.unwrap();
+    live(&mut events, &mut bob, "before the fault").await;
+
+    let db = rusqlite::Connection::open(dir.path().join("data").join("server.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER refuse_log BEFORE INSERT ON log
+         BEGIN SELECT RAISE(ABORT, 'injected fault: the disk refuses this write'); END;",
+    )
+    .unwrap();
+    let e = alice.chat.send("lab", "refused").await.unwrap_err();
+    assert_eq!(code(&e), ErrorCode::INTERNAL, "{e}");
+    db.execute_batch("DROP TRIGGER refuse_log").unwrap();
+
+    alice.chat.send("lab", "after the fault").await.unwrap();
+    live(&mut events, &mut bob, "after the fault").await;
+    assert_eq!(bob.messages("lab").await, ["alice: before the fault", "alice: after the fault"]);
+    s.stop().await;
+}
+
+/// Handles `u`'s live events until the message `text` arrives.
+async fn live(
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<conclave_proto::Event>,
+    u: &mut User,
+    text: &str,
+) {
+    loop {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(30), events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{text:?} never arrived live"))
+            .expect("the connection stays open");
+        let updates = u.chat.handle_event(event).await.unwrap();
+        if updates.iter().any(|x| matches!(x, Update::Row(r) if r.kind == "message" && r.text == text)) {
+            return;
+        }
+    }
+}
+
+/// A measurement, not a check (run by hand; docs/SECURITY.md, "A non-member",
+/// records its output): whether a non-member can tell a room that exists from
+/// one that does not by how long `not_a_member` takes. Interleaves requests
+/// about an existing, busy room and a missing one on one loopback connection,
+/// in random order, and prints both medians and a Mann-Whitney U test.
+///
+/// `cargo test -p conclave-server --release --test server room_existence_timing -- --ignored --nocapture`
+/// (`CONCLAVE_TIMING_SAMPLES` sets the samples per room and request, 2,000 by default).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, run by hand: see docs/SECURITY.md"]
+async fn room_existence_timing() {
+    let samples: usize = std::env::var("CONCLAVE_TIMING_SAMPLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000)
+        .min(20_000);
+    let s = spawn_server(|c| c.requests_per_second = 1_000_000).await;
+    let [mut alice, bob] = in_room(&s, "lab", ["alice", "bob"]).await;
+    let mallory = user(&s, "mallory").await;
+    // The room is warm and in use, as a real one is.
+    alice.chat.send("lab", "hello").await.unwrap();
+    let conn = mallory.chat.connection();
+    type Make = fn(&str) -> Request;
+    let requests: [(&str, Make); 2] = [
+        ("Sync", |room| Request::Sync { room: room.into(), after_seq: 0, limit: 10 }),
+        ("Members", |room| Request::Members { room: room.into() }),
+    ];
+    for (kind, make) in requests {
+        let mut times: [Vec<f64>; 2] = [Vec::with_capacity(samples), Vec::with_capacity(samples)];
+        for i in 0..samples + 200 {
+            let first = rand::random::<bool>() as usize;
+            for which in [first, 1 - first] {
+                let room = ["lab", "nope"][which];
+                let start = std::time::Instant::now();
+                let e = conn.request(make(room)).await.unwrap_err();
+                let took = start.elapsed().as_secs_f64() * 1e6;
+                assert_eq!(code(&e), ErrorCode::NOT_A_MEMBER);
+                if i >= 200 {
+                    times[which].push(took);
+                }
+            }
+        }
+        let [existing, missing] = times;
+        let (u, z, p) = mann_whitney(&existing, &missing);
+        println!(
+            "{kind:8} existing: median {:7.1} us, missing: median {:7.1} us, n = {samples} each; \
+             Mann-Whitney U = {u:.0}, z = {z:+.2}, p = {p:.3}, P(existing slower) = {:.3}",
+            median(&existing),
+            median(&missing),
+            u / (samples * samples) as f64,
+        );
+    }
+    drop(bob);
+    s.stop().await;
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Mann-Whitney U of `a` against `b` (the number of pairs where `a`'s is the
+/// larger, ties counting half), its z score with the tie correction, and the
+/// two-sided p value from the normal approximation.
+fn mann_whitney(a: &[f64], b: &[f64]) -> (f64, f64, f64) {
+    let mut all: Vec<(f64, bool)> =
+        a.iter().map(|&x| (x, true)).chain(b.iter().map(|&x| (x, false))).collect();
+    all.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let (n1, n2) = (a.len() as f64, b.len() as f64);
+    let n = n1 + n2;
+    let (mut rank_sum_a, mut ties) = (0.0, 0.0);
+    let mut i = 0;
+    while i < all.len() {
+        let mut j = i;
+        while j < all.len() && all[j].0 == all[i].0 {
+            j += 1;
+        }
+        let rank = (i + j + 1) as f64 / 2.0; // ranks i+1 ..= j, averaged
+        let t = (j - i) as f64;
+        ties += t * t * t - t;
+        rank_sum_a += rank * all[i..j].iter().filter(|x| x.1).count() as f64;
+        i = j;
+    }
+    let u = rank_sum_a - n1 * (n1 + 1.0) / 2.0;
+    let sigma = (n1 * n2 / 12.0 * ((n + 1.0) - ties / (n * (n - 1.0)))).sqrt();
+    let z = (u - n1 * n2 / 2.0) / sigma;
+    (u, z, erfc(z.abs() / std::f64::consts::SQRT_2))
+}
+
+/// The complementary error function (Numerical Recipes' erfcc, |error| < 1.2e-7).
+fn erfc(x: f64) -> f64 {
+    let t = 1.0 / (1.0 + 0.5 * x.abs());
+    let y = t
+        * (-x * x - 1.26551223
+            + t * (1.00002368
+                + t * (0.37409196
+                    + t * (0.09678418
+                        + t * (-0.18628806
+                            + t * (0.27886807
+                                + t * (-1.13520398
+                                    + t * (1.48851526 + t * (-0.82215223 + t * 0.17087277)))))))))
+            .exp();
+    if x >= 0.0 {
+        y
+    } else {
+        2.0 - y
+    }
+}
