@@ -37,8 +37,8 @@ use openmls::prelude::tls_codec::{DeserializeBytes as _, Serialize as _};
 use openmls::prelude::{
     Ciphersuite, ContentType, Credential, CredentialType, GroupContext, GroupId, KeyPackage, LeafNode,
     LeafNodeIndex, MlsMessageBodyIn, MlsMessageIn, OpenMlsSignaturePublicKey, ProcessedMessageContent,
-    Proposal, ProposalStore, ProposalType, ProtocolMessage, ProtocolVersion, PublicGroup, QueuedProposal,
-    Sender, StagedCommit, Verifiable as _,
+    Proposal, ProposalStore, ProposalType as MlsProposalType, ProtocolMessage, ProtocolVersion, PublicGroup,
+    QueuedProposal, Sender, StagedCommit, Verifiable as _,
 };
 use openmls_rust_crypto::{MemoryStorage, RustCrypto};
 
@@ -152,7 +152,7 @@ pub struct CheckedCommit {
     /// Whether the commit carries an update path (new keys for the sender).
     pub has_update_path: bool,
     /// Every proposal the commit covers, by kind, in order.
-    proposal_kinds: Vec<&'static str>,
+    proposal_kinds: Vec<ProposalType>,
     /// The group state this commit was checked against.
     base: GroupContext,
     staged: StagedCommit,
@@ -164,13 +164,50 @@ impl CheckedCommit {
         self.staged.epoch().as_u64()
     }
 
-    /// The kinds of all proposals this commit covers, in order: `"add"`,
-    /// `"update"`, `"remove"`, `"self_remove"`, `"psk"`, `"reinit"`,
-    /// `"external_init"`, `"group_context_extensions"` or `"other"`. Lets the
+    /// The kinds of all proposals this commit covers, in order. Lets the
     /// caller refuse what its policy does not allow (for example group context
     /// changes by non-admins).
-    pub fn proposal_kinds(&self) -> &[&'static str] {
+    pub fn proposal_kinds(&self) -> &[ProposalType] {
         &self.proposal_kinds
+    }
+}
+
+/// The kind of one proposal, as MLS types it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ProposalType {
+    /// Adds a device.
+    Add,
+    /// New keys for the sender's own leaf.
+    Update,
+    /// Removes a leaf.
+    Remove,
+    /// The sender removes its own leaf.
+    SelfRemove,
+    /// Injects a pre-shared key.
+    PreSharedKey,
+    /// Re-initialises the group (new version or ciphersuite).
+    ReInit,
+    /// The joiner's part of an external commit.
+    ExternalInit,
+    /// Changes the group context's extensions.
+    GroupContextExtensions,
+    /// Any other (custom or future) proposal type.
+    Other,
+}
+
+impl ProposalType {
+    fn of(proposal: &Proposal) -> Self {
+        match proposal.proposal_type() {
+            MlsProposalType::Add => Self::Add,
+            MlsProposalType::Update => Self::Update,
+            MlsProposalType::Remove => Self::Remove,
+            MlsProposalType::SelfRemove => Self::SelfRemove,
+            MlsProposalType::PreSharedKey => Self::PreSharedKey,
+            MlsProposalType::Reinit => Self::ReInit,
+            MlsProposalType::ExternalInit => Self::ExternalInit,
+            MlsProposalType::GroupContextExtensions => Self::GroupContextExtensions,
+            _ => Self::Other,
+        }
     }
 }
 
@@ -184,8 +221,8 @@ pub enum ProposalKind {
     Remove(LeafInfo),
     /// The sender proposes new keys for its own leaf.
     Update,
-    /// Any other proposal, named as in [`CheckedCommit::proposal_kinds`].
-    Other(&'static str),
+    /// Any other proposal.
+    Other(ProposalType),
 }
 
 /// A standalone proposal (PublicMessage) that [`RoomGroup::check_proposal`]
@@ -385,7 +422,7 @@ impl RoomGroup {
         let mut removes: Vec<LeafInfo> = Vec::new();
         let mut proposal_kinds = Vec::new();
         for queued in staged.queued_proposals() {
-            proposal_kinds.push(kind_name(queued.proposal()));
+            proposal_kinds.push(ProposalType::of(queued.proposal()));
             match queued.proposal() {
                 Proposal::Add(add) => adds.push(self.added_member(add.key_package())?),
                 Proposal::Remove(remove) => {
@@ -476,7 +513,7 @@ impl RoomGroup {
                 check_same_device(&sender, update.leaf_node(), "an Update proposal")?;
                 ProposalKind::Update
             }
-            other => ProposalKind::Other(kind_name(other)),
+            other => ProposalKind::Other(ProposalType::of(other)),
         };
         Ok(CheckedProposal { epoch, sender, kind, base: self.group.group_context().clone(), queued })
     }
@@ -890,20 +927,6 @@ fn check_same_device(before: &LeafInfo, after: &LeafNode, what: &str) -> Result<
         )));
     }
     Ok(())
-}
-
-fn kind_name(proposal: &Proposal) -> &'static str {
-    match proposal.proposal_type() {
-        ProposalType::Add => "add",
-        ProposalType::Update => "update",
-        ProposalType::Remove => "remove",
-        ProposalType::SelfRemove => "self_remove",
-        ProposalType::PreSharedKey => "psk",
-        ProposalType::Reinit => "reinit",
-        ProposalType::ExternalInit => "external_init",
-        ProposalType::GroupContextExtensions => "group_context_extensions",
-        _ => "other",
-    }
 }
 
 fn put_len(out: &mut Vec<u8>, len: usize) -> Result<(), MlsCheckError> {

@@ -24,15 +24,34 @@ fn not_a_member(room: &str) -> ErrorBody {
     ErrorBody::new(ErrorCode::NOT_A_MEMBER, format!("not a member of #{room}"))
 }
 
-/// The actor of a room the caller names; unknown rooms look exactly like
-/// rooms the caller is not in.
+/// The actor of a room by name, for a room the caller knows it is in (its
+/// own rooms, a room it just created); unknown rooms look like rooms the
+/// caller is not in. Requests that name a room use [`open`].
 pub async fn room(shared: &Arc<Shared>, raw: &str) -> Result<(String, RoomHandle), ErrorBody> {
-    let shown: String = raw.strip_prefix('#').unwrap_or(raw).chars().take(MAX_ROOM_NAME_LEN + 1).collect();
-    let name = validate_room_name(raw).map_err(|_| not_a_member(&shown))?;
+    let name = room_name(raw)?;
     match shared.rooms.get(shared, &name).await? {
         Some(handle) => Ok((name, handle)),
         None => Err(not_a_member(&name)),
     }
+}
+
+/// The room a request from `from` names, normalised, and the actor to ask
+/// with [`RoomHandle::ask_as`]: a missing room and a room `from` is not in
+/// get the same answer at the same cost (see [`crate::rooms::Rooms::open`]).
+async fn open(
+    shared: &Arc<Shared>,
+    from: &DeviceAccount,
+    raw: &str,
+) -> Result<(String, RoomHandle), ErrorBody> {
+    let name = room_name(raw)?;
+    let handle = shared.rooms.open(shared, from.user, &name).await?;
+    Ok((name, handle))
+}
+
+/// A room name, normalised; one that breaks the rule names no room.
+fn room_name(raw: &str) -> Result<String, ErrorBody> {
+    let shown: String = raw.strip_prefix('#').unwrap_or(raw).chars().take(MAX_ROOM_NAME_LEN + 1).collect();
+    validate_room_name(raw).map_err(|_| not_a_member(&shown))
 }
 
 /// `CreateRoom`: checks the creator's GroupInfo and records the room.
@@ -145,9 +164,11 @@ pub async fn start_send(
             format!("too many messages: at most {limit} a second from one user; slow down"),
         ));
     }
-    let (_, handle) = room(shared, name).await?;
-    let from = from.clone();
-    let stored = handle.start(move |reply| RoomCmd::Send { from, client_msg_id, ciphertext, reply }).await?;
+    let (name, handle) = open(shared, from, name).await?;
+    let (user, from) = (from.user, from.clone());
+    let stored = handle
+        .start_as(shared, user, name, move |reply| RoomCmd::Send { from, client_msg_id, ciphertext, reply })
+        .await?;
     Ok(async move { stored.await.map(|seq| Response::Accepted { seq }) })
 }
 
@@ -160,9 +181,15 @@ pub async fn commit(
     welcome: Option<Vec<u8>>,
     group_info: Vec<u8>,
 ) -> Result<Response, ErrorBody> {
-    let (_, handle) = room(shared, name).await?;
+    let (name, handle) = open(shared, from, name).await?;
     let seq = handle
-        .ask(|reply| RoomCmd::Commit { from: from.clone(), commit, welcome, group_info, reply })
+        .ask_as(shared, from.user, name, |reply| RoomCmd::Commit {
+            from: from.clone(),
+            commit,
+            welcome,
+            group_info,
+            reply,
+        })
         .await?;
     Ok(Response::Accepted { seq })
 }
@@ -177,16 +204,19 @@ pub async fn claim(
     if users.is_empty() || users.len() > 100 {
         return Err(ErrorBody::new(ErrorCode::INVALID_REQUEST, "name 1 to 100 users to add at once"));
     }
-    let (_, handle) = room(shared, name).await?;
-    let packages: Vec<ClaimedKeyPackage> =
-        handle.ask(|reply| RoomCmd::Claim { from: from.clone(), users, reply }).await?;
+    let (name, handle) = open(shared, from, name).await?;
+    let packages: Vec<ClaimedKeyPackage> = handle
+        .ask_as(shared, from.user, name, |reply| RoomCmd::Claim { from: from.clone(), users, reply })
+        .await?;
     Ok(Response::KeyPackages(packages))
 }
 
 /// `Members`.
 pub async fn members(shared: &Arc<Shared>, from: &DeviceAccount, name: &str) -> Result<Response, ErrorBody> {
-    let (_, handle) = room(shared, name).await?;
-    let list: Vec<MemberInfo> = handle.ask(|reply| RoomCmd::Members { from: from.clone(), reply }).await?;
+    let (name, handle) = open(shared, from, name).await?;
+    let list: Vec<MemberInfo> = handle
+        .ask_as(shared, from.user, name, |reply| RoomCmd::Members { from: from.clone(), reply })
+        .await?;
     Ok(Response::Members(list))
 }
 
@@ -198,8 +228,10 @@ pub async fn set_role(
     user: String,
     role: Role,
 ) -> Result<Response, ErrorBody> {
-    let (_, handle) = room(shared, name).await?;
-    let seq = handle.ask(|reply| RoomCmd::SetRole { from: from.clone(), user, role, reply }).await?;
+    let (name, handle) = open(shared, from, name).await?;
+    let seq = handle
+        .ask_as(shared, from.user, name, |reply| RoomCmd::SetRole { from: from.clone(), user, role, reply })
+        .await?;
     Ok(Response::Accepted { seq })
 }
 
@@ -210,8 +242,9 @@ pub async fn leave(
     name: &str,
     conn: crate::hub::ConnId,
 ) -> Result<Response, ErrorBody> {
-    let (_, handle) = room(shared, name).await?;
-    let seq = handle.ask(|reply| RoomCmd::Leave { from: from.clone(), reply }).await?;
+    let (name, handle) = open(shared, from, name).await?;
+    let seq =
+        handle.ask_as(shared, from.user, name, |reply| RoomCmd::Leave { from: from.clone(), reply }).await?;
     let _ = handle.send(RoomCmd::Unsubscribe(conn)).await;
     Ok(Response::Accepted { seq })
 }
@@ -222,8 +255,10 @@ pub async fn group_info(
     from: &DeviceAccount,
     name: &str,
 ) -> Result<Response, ErrorBody> {
-    let (_, handle) = room(shared, name).await?;
-    let (epoch, group_info) = handle.ask(|reply| RoomCmd::GroupInfo { from: from.clone(), reply }).await?;
+    let (name, handle) = open(shared, from, name).await?;
+    let (epoch, group_info) = handle
+        .ask_as(shared, from.user, name, |reply| RoomCmd::GroupInfo { from: from.clone(), reply })
+        .await?;
     Ok(Response::GroupInfo { epoch, group_info })
 }
 
@@ -235,8 +270,10 @@ pub async fn sync(
     after_seq: u64,
     limit: u32,
 ) -> Result<Response, ErrorBody> {
-    let (_, handle) = room(shared, name).await?;
-    let (room_id, joined_seq) = handle.ask(|reply| RoomCmd::ReadAccess { from: from.clone(), reply }).await?;
+    let (name, handle) = open(shared, from, name).await?;
+    let (room_id, joined_seq) = handle
+        .ask_as(shared, from.user, name, |reply| RoomCmd::ReadAccess { from: from.clone(), reply })
+        .await?;
     let after = after_seq.max(joined_seq.saturating_sub(1));
     let limit = limit.clamp(1, SYNC_MAX_ENTRIES) as usize;
     let store = shared.store.clone();

@@ -10,7 +10,7 @@ use openmls_rust_crypto::OpenMlsRustCrypto;
 
 use super::{
     check_key_package, guarded, split_identity, welcome_recipients, CheckedCommit, CommitSender, LeafInfo,
-    MlsCheckError, ProposalKind, RoomGroup, CIPHERSUITE,
+    MlsCheckError, ProposalKind, ProposalType, RoomGroup, CIPHERSUITE,
 };
 
 const GROUP_ID: &[u8] = b"room-0123456789a";
@@ -185,7 +185,7 @@ struct CheckedCommitSummary {
     adds: Vec<(String, Vec<u8>, Vec<u8>)>,
     removes: Vec<LeafInfo>,
     has_update_path: bool,
-    kinds: Vec<&'static str>,
+    kinds: Vec<ProposalType>,
 }
 
 impl From<&CheckedCommit> for CheckedCommitSummary {
@@ -324,7 +324,7 @@ fn an_add_commit_reports_the_new_devices_and_advances_the_epoch() {
     );
     assert!(add.removes.is_empty());
     assert!(add.has_update_path);
-    assert_eq!(add.kinds, ["add", "add"]);
+    assert_eq!(add.kinds, [ProposalType::Add, ProposalType::Add]);
 
     assert_eq!(room.server.epoch(), 1);
     assert_eq!(room.server.members(), vec![room.alice.leaf(0), room.bob.leaf(1), room.carol.leaf(2)]);
@@ -371,7 +371,7 @@ fn a_remove_commit_reports_the_removed_device() {
     assert_eq!(checked.sender, CommitSender::Member(room.alice.leaf(0)));
     assert_eq!(checked.removes, vec![room.carol.leaf(2)]);
     assert!(checked.adds.is_empty());
-    assert_eq!(checked.proposal_kinds(), ["remove"]);
+    assert_eq!(checked.proposal_kinds(), [ProposalType::Remove]);
     room.server.apply(checked).unwrap();
     room.alice_group.merge_pending_commit(&room.alice.provider).unwrap();
 
@@ -641,7 +641,7 @@ fn a_new_device_joins_by_external_commit() {
     assert!(checked.adds.is_empty());
     assert!(checked.removes.is_empty());
     assert!(checked.has_update_path);
-    assert_eq!(checked.proposal_kinds(), ["external_init"]);
+    assert_eq!(checked.proposal_kinds(), [ProposalType::ExternalInit]);
     room.server.apply(checked).unwrap();
 
     assert_eq!(room.server.epoch(), 2);
@@ -668,7 +668,7 @@ fn a_device_that_lost_its_state_rejoins_and_replaces_its_leaf() {
         CommitSender::NewMember { identity: "bob:1".into(), signature_key: room.bob.key() }
     );
     assert_eq!(checked.removes, vec![room.bob.leaf(1)]);
-    assert_eq!(checked.proposal_kinds(), ["external_init", "remove"]);
+    assert_eq!(checked.proposal_kinds(), [ProposalType::ExternalInit, ProposalType::Remove]);
     room.server.apply(checked).unwrap();
     let bobs = room.server.members().into_iter().filter(|m| m.identity == "bob:1").count();
     assert_eq!(bobs, 1);

@@ -6,21 +6,24 @@
 //! memory, answer, and fan the entry out (encoded once, shared by every
 //! recipient). Consecutive `Send`s are taken as one batch, so a busy room
 //! costs one fsync per batch. A subscriber whose queue is full is
-//! disconnected; it re-syncs from the log.
+//! disconnected; it re-syncs from the log. Who may change the room is
+//! decided by [`super::policy`]; this file gathers the facts and carries
+//! the plan out.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use conclave_proto::{
-    encode_entry, encode_to_bytes, validate_username, ClaimedKeyPackage, EntryBody, ErrorBody, ErrorCode,
-    Event, LogEntry, MemberInfo, Role, RoomSummary, ServerFrame, WelcomeItem, MAX_MESSAGE_BYTES,
+    decode_entry, encode_entry, encode_to_bytes, validate_username, ClaimedKeyPackage, EntryBody, ErrorBody,
+    ErrorCode, Event, LogEntry, MemberInfo, Role, RoomSummary, ServerFrame, WelcomeItem, MAX_MESSAGE_BYTES,
 };
 use tokio::sync::mpsc;
 
+use super::policy::{self, CommitFacts, CommitRecord, RoomError, RoomView};
 use super::{Reply, RoomCmd};
 use crate::hub::{ConnId, SessionHandle};
-use crate::mls::{CommitSender, MlsCheckError, RoomGroup};
+use crate::mls::{AddedMember, RoomGroup};
 use crate::store::{DeviceAccount, DeviceKey, DeviceNo, RoomId, RoomMember, UserId, WriteOp};
 use crate::Shared;
 
@@ -36,7 +39,7 @@ struct InFlight {
     waiting: Vec<(Reply<u64>, u64)>,
     frames: Vec<Bytes>,
     new_ids: Vec<((UserId, DeviceNo, u64), u64)>,
-    error: Option<ErrorBody>,
+    error: Option<RoomError>,
     /// The next sequence number after this batch.
     end_seq: u64,
 }
@@ -70,9 +73,12 @@ pub struct RoomActor {
     durable_next: u64,
 }
 
-fn internal(what: impl std::fmt::Display) -> ErrorBody {
+fn internal(what: impl std::fmt::Display) -> RoomError {
     tracing::error!(%what, "room failure");
-    ErrorBody::new(ErrorCode::INTERNAL, "internal server error; the server log has details")
+    RoomError::Unavailable(ErrorBody::new(
+        ErrorCode::INTERNAL,
+        "internal server error; the server log has details",
+    ))
 }
 
 fn now_ms() -> u64 {
@@ -82,19 +88,9 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn mls_error(e: MlsCheckError) -> ErrorBody {
-    match e {
-        MlsCheckError::StaleEpoch { current, got } => ErrorBody::new(
-            ErrorCode::STALE_EPOCH,
-            format!("stale epoch: the commit is for epoch {got} but the room is at epoch {current}; sync and retry"),
-        ),
-        other => ErrorBody::new(ErrorCode::INVALID_MLS, format!("the MLS message was refused: {other}")),
-    }
-}
-
 impl RoomActor {
     /// Loads a room from storage; `None` if it does not exist.
-    pub async fn load(shared: Arc<Shared>, name: String) -> Result<Option<Self>, ErrorBody> {
+    pub async fn load(shared: Arc<Shared>, name: String) -> Result<Option<Self>, RoomError> {
         let store = shared.store.clone();
         let lookup = name.clone();
         let loaded = crate::blocking::run(move || {
@@ -141,9 +137,10 @@ impl RoomActor {
     /// writer; while up to [`WRITES_IN_FLIGHT`] batches are on their way to
     /// disk the next one is prepared, and each is answered and fanned out
     /// when it is durable, in order. Any other command first waits for every
-    /// write in flight. A failed write stops the actor (everything in flight
-    /// is refused; the room is loaded afresh from storage on next use), so
-    /// nothing is answered from a state the disk does not have.
+    /// write in flight. A failed write refuses everything in flight and
+    /// reloads the room from storage in place, keeping its subscribers (see
+    /// [`Self::reload`]), so nothing is answered from a state the disk does
+    /// not have and no member silently stops receiving the room.
     pub async fn run(mut self, mut rx: mpsc::Receiver<RoomCmd>) {
         let mut deferred = None;
         let mut writing: VecDeque<InFlight> = VecDeque::new();
@@ -164,7 +161,7 @@ impl RoomActor {
                     match next {
                         Err(result) => {
                             let Some(w) = writing.pop_front() else { continue };
-                            if !self.finish(w, result, &mut writing) {
+                            if !self.finish(w, result, &mut writing) && !self.reload().await {
                                 return;
                             }
                             continue;
@@ -191,36 +188,71 @@ impl RoomActor {
                     Ok(None) => {}
                     Err(w) => {
                         self.fail_all(w, &mut writing);
-                        return;
+                        if !self.reload().await {
+                            return;
+                        }
                     }
                 }
             } else {
-                while let Some(mut w) = writing.pop_front() {
-                    let result = (&mut w.done).await;
-                    if !self.finish(w, result, &mut writing) {
-                        return;
-                    }
+                // A non-member is answered at once: not after the writes in
+                // flight, which would tell them the room exists and is busy.
+                let Some(cmd) = self.refuse_outsider(cmd) else { continue };
+                if !self.drain(&mut writing).await && !self.reload().await {
+                    return;
                 }
                 self.handle(cmd).await;
                 // Whatever it wrote, it waited for.
                 self.durable_next = self.next_seq;
             }
         }
+        if self.drain(&mut writing).await {
+            tracing::debug!(room = %self.name, "room actor stopped");
+        }
+    }
+
+    /// Answers a command from a user who is not a member (what the absent
+    /// room would answer); gives back any other command.
+    fn refuse_outsider(&self, cmd: RoomCmd) -> Option<RoomCmd> {
+        let from = match &cmd {
+            RoomCmd::Commit { from, .. }
+            | RoomCmd::Claim { from, .. }
+            | RoomCmd::Members { from, .. }
+            | RoomCmd::Summary { from, .. }
+            | RoomCmd::ReadAccess { from, .. }
+            | RoomCmd::GroupInfo { from, .. }
+            | RoomCmd::SetRole { from, .. }
+            | RoomCmd::Leave { from, .. } => from,
+            RoomCmd::Send { .. }
+            | RoomCmd::Subscribe(_)
+            | RoomCmd::Unsubscribe(_)
+            | RoomCmd::Presence { .. } => return Some(cmd),
+        };
+        if self.members.contains_key(&from.user) {
+            return Some(cmd);
+        }
+        // Unnamed, as the absent room's: `RoomHandle::start_as` names it.
+        refuse(cmd, RoomError::NotAMember { room: String::new() });
+        None
+    }
+
+    /// Waits for every write in flight, answering and fanning out each in
+    /// order. Returns false if one failed (everything in flight is refused).
+    async fn drain(&mut self, writing: &mut VecDeque<InFlight>) -> bool {
         while let Some(mut w) = writing.pop_front() {
             let result = (&mut w.done).await;
-            if !self.finish(w, result, &mut writing) {
-                return;
+            if !self.finish(w, result, writing) {
+                return false;
             }
         }
-        tracing::debug!(room = %self.name, "room actor stopped");
+        true
     }
 
     /// A batch is durable (or not): answer it and fan it out. Returns false
-    /// if the actor must stop.
+    /// if it failed (it and everything after it are refused).
     fn finish(&mut self, w: InFlight, result: Result<(), ErrorBody>, later: &mut VecDeque<InFlight>) -> bool {
         if let Err(e) = result {
             let mut w = w;
-            w.error = Some(e);
+            w.error = Some(RoomError::Unavailable(e));
             self.fail_all(w, later);
             return false;
         }
@@ -240,7 +272,7 @@ impl RoomActor {
     /// reloaded room answers the retries from the log.
     fn fail_all(&mut self, w: InFlight, later: &mut VecDeque<InFlight>) {
         let error = w.error.clone().unwrap_or_else(|| internal("log write failed"));
-        tracing::error!(room = %self.name, "a log write failed; the room restarts from storage");
+        tracing::error!(room = %self.name, "a log write failed; the room reloads from storage");
         for w in std::iter::once(w).chain(later.drain(..)) {
             for (reply, _) in w.waiting {
                 let _ = reply.send(Err(error.clone()));
@@ -248,11 +280,96 @@ impl RoomActor {
         }
     }
 
-    fn not_a_member(&self) -> ErrorBody {
-        ErrorBody::new(ErrorCode::NOT_A_MEMBER, format!("not a member of #{}", self.name))
+    /// After a failed write: reloads the room's state from storage in place
+    /// (the same task, queue and subscribers), so that the room goes on from
+    /// what the disk has. Entries that reached the disk but were never fanned
+    /// out (batches after the failed one) are sent to the subscribers now.
+    /// Returns false if the room cannot be loaded: then every subscriber is
+    /// disconnected (its client reconnects and re-syncs from the log) and the
+    /// actor stops; the registry starts a fresh one on next use.
+    async fn reload(&mut self) -> bool {
+        let fresh = match Self::load(self.shared.clone(), self.name.clone()).await {
+            Ok(Some(fresh)) => fresh,
+            Ok(None) => {
+                tracing::error!(room = %self.name, "the room is gone from storage; disconnecting its subscribers");
+                self.kick_all();
+                return false;
+            }
+            Err(e) => {
+                tracing::error!(room = %self.name, error = %e, "cannot reload the room; disconnecting its subscribers");
+                self.kick_all();
+                return false;
+            }
+        };
+        let missed_from = self.durable_next;
+        let subscribers = std::mem::take(&mut self.subscribers);
+        *self = fresh;
+        self.subscribers =
+            subscribers.into_iter().filter(|(_, s)| self.members.contains_key(&s.user)).collect();
+        tracing::info!(room = %self.name, subscribers = self.subscribers.len(), "room reloaded after a failed write");
+        if missed_from < self.next_seq {
+            self.replay(missed_from).await;
+        }
+        true
     }
 
-    fn member(&self, from: &DeviceAccount) -> Result<&RoomMember, ErrorBody> {
+    /// Fans out the stored entries from `from` on (after a reload). If they
+    /// cannot be read, the subscribers are disconnected so they re-sync.
+    async fn replay(&mut self, from: u64) {
+        let store = self.shared.store.clone();
+        let (room, end) = (self.id, self.next_seq);
+        let read = crate::blocking::run(move || {
+            let mut raw = Vec::new();
+            let mut after = from - 1;
+            while after + 1 < end {
+                let (batch, _) = store.read_log(
+                    room,
+                    after,
+                    (end - after) as usize,
+                    crate::handlers::rooms::SYNC_MAX_BYTES,
+                )?;
+                if batch.is_empty() {
+                    break;
+                }
+                after += batch.len() as u64;
+                raw.extend(batch);
+            }
+            Ok::<_, crate::store::StoreError>(raw)
+        })
+        .await;
+        let frames: Result<Vec<Bytes>, String> = match read {
+            Ok(Ok(raw)) => raw
+                .iter()
+                .map(|bytes| {
+                    let entry = decode_entry(bytes).map_err(|e| e.to_string())?;
+                    let event = ServerFrame::Event(Event::Entry { room: self.name.clone(), entry });
+                    encode_to_bytes(&event).map_err(|e| e.to_string())
+                })
+                .collect(),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.message),
+        };
+        match frames {
+            Ok(frames) => self.fan_out_all(&frames),
+            Err(e) => {
+                tracing::error!(room = %self.name, error = %e, "cannot replay entries; disconnecting subscribers");
+                self.kick_all();
+            }
+        }
+    }
+
+    /// Disconnects every subscriber: its client reconnects and re-syncs.
+    fn kick_all(&mut self) {
+        for (_, s) in self.subscribers.drain() {
+            s.kick.cancel();
+        }
+    }
+
+    fn not_a_member(&self) -> RoomError {
+        RoomError::NotAMember { room: self.name.clone() }
+    }
+
+    fn member(&self, from: &DeviceAccount) -> Result<&RoomMember, RoomError> {
         self.members.get(&from.user).ok_or_else(|| self.not_a_member())
     }
 
@@ -260,7 +377,7 @@ impl RoomActor {
         LogEntry { seq, time_ms, sender: from.username.to_string(), sender_device: from.device.0, body }
     }
 
-    fn encode_entry(&self, entry: LogEntry) -> Result<(Vec<u8>, Bytes), ErrorBody> {
+    fn encode_entry(&self, entry: LogEntry) -> Result<(Vec<u8>, Bytes), RoomError> {
         let stored = encode_entry(&entry).map_err(internal)?;
         let frame = encode_to_bytes(&ServerFrame::Event(Event::Entry { room: self.name.clone(), entry }))
             .map_err(internal)?;
@@ -316,14 +433,11 @@ impl RoomActor {
                 continue;
             }
             if ciphertext.len() > MAX_CIPHERTEXT {
-                let _ = reply.send(Err(ErrorBody::new(
-                    ErrorCode::MESSAGE_TOO_LARGE,
-                    format!("message too large: at most {MAX_MESSAGE_BYTES} bytes of text"),
-                )));
+                let _ = reply.send(Err(RoomError::MessageTooLarge));
                 continue;
             }
             if let Err(e) = self.group.check_application(&ciphertext, EPOCH_WINDOW) {
-                let _ = reply.send(Err(mls_error(e)));
+                let _ = reply.send(Err(e.into()));
                 continue;
             }
             let seq = self.next_seq;
@@ -375,7 +489,7 @@ impl RoomActor {
                 Ok(Some(w))
             }
             Err(e) => {
-                w.error = Some(e);
+                w.error = Some(RoomError::Unavailable(e));
                 Err(w)
             }
         }
@@ -480,7 +594,7 @@ impl RoomActor {
         from: &DeviceAccount,
         body: EntryBody,
         more: Vec<WriteOp>,
-    ) -> Result<u64, ErrorBody> {
+    ) -> Result<u64, RoomError> {
         let seq = self.next_seq;
         let time_ms = now_ms();
         let (stored, frame) = self.encode_entry(self.entry(seq, time_ms, from, body))?;
@@ -499,30 +613,22 @@ impl RoomActor {
         Ok(seq)
     }
 
-    async fn set_role(&mut self, from: &DeviceAccount, user: &str, role: Role) -> Result<u64, ErrorBody> {
+    async fn set_role(&mut self, from: &DeviceAccount, user: &str, role: Role) -> Result<u64, RoomError> {
         let me = self.member(from)?;
         if me.role != Role::Owner {
-            return Err(ErrorBody::new(
-                ErrorCode::PERMISSION_DENIED,
-                "permission denied: only the owner can change roles",
-            ));
+            return Err(RoomError::PermissionDenied("only the owner can change roles"));
         }
         if role == Role::Owner {
-            return Err(ErrorBody::new(ErrorCode::INVALID_REQUEST, "the role must be admin or member"));
+            return Err(RoomError::InvalidRole);
         }
         let target = self
             .members
             .values()
             .find(|m| m.username.as_str() == user.to_ascii_lowercase())
             .map(|m| (m.user, m.role, m.username.to_string()))
-            .ok_or_else(|| {
-                ErrorBody::new(ErrorCode::NOT_A_MEMBER, format!("{user} is not a member of #{}", self.name))
-            })?;
+            .ok_or_else(|| RoomError::TargetNotAMember { user: user.to_owned(), room: self.name.clone() })?;
         if target.1 == Role::Owner {
-            return Err(ErrorBody::new(
-                ErrorCode::PERMISSION_DENIED,
-                "permission denied: the owner's role is fixed",
-            ));
+            return Err(RoomError::PermissionDenied("the owner's role is fixed"));
         }
         let op = WriteOp::SetRole { room: self.id, user: target.0, role };
         let seq = self.notice(from, EntryBody::RoleChanged { user: target.2, role }, vec![op]).await?;
@@ -532,7 +638,7 @@ impl RoomActor {
         Ok(seq)
     }
 
-    async fn leave(&mut self, from: &DeviceAccount) -> Result<u64, ErrorBody> {
+    async fn leave(&mut self, from: &DeviceAccount) -> Result<u64, RoomError> {
         let me = self.member(from)?.clone();
         let mut ops = vec![WriteOp::RemoveMember { room: self.id, user: from.user }];
         // An owner who leaves hands the room on: to an admin, else to the
@@ -556,7 +662,7 @@ impl RoomActor {
             let body = EntryBody::RoleChanged { user: h.username.to_string(), role: Role::Owner };
             // The role is already stored with the departure; this tells the room.
             if let Err(e) = self.notice(from, body, Vec::new()).await {
-                tracing::error!(room = %self.name, error = %e.message, "cannot log the new owner");
+                tracing::error!(room = %self.name, error = %e, "cannot log the new owner");
             }
         }
         self.subscribers.retain(|_, s| s.user != from.user);
@@ -567,34 +673,21 @@ impl RoomActor {
         &mut self,
         from: &DeviceAccount,
         users: Vec<String>,
-    ) -> Result<Vec<ClaimedKeyPackage>, ErrorBody> {
+    ) -> Result<Vec<ClaimedKeyPackage>, RoomError> {
         if !self.member(from)?.role.can_manage() {
-            return Err(ErrorBody::new(
-                ErrorCode::PERMISSION_DENIED,
-                "permission denied: only owners and admins can add members",
-            ));
+            return Err(RoomError::PermissionDenied("only owners and admins can add members"));
         }
         let mut names = Vec::new();
         for raw in &users {
-            let name = validate_username(raw)
-                .map_err(|e| ErrorBody::new(ErrorCode::INVALID_USERNAME, e.to_string()))?;
+            let name = validate_username(raw).map_err(|e| RoomError::InvalidUsername(e.to_string()))?;
             if self.members.values().any(|m| m.username == name) {
-                return Err(ErrorBody::new(
-                    ErrorCode::ALREADY_MEMBER,
-                    format!("{name} is already a member of #{}", self.name),
-                ));
+                return Err(RoomError::AlreadyMember { user: name, room: self.name.clone() });
             }
             names.push(name);
         }
         let max_members = self.shared.config.max_members_per_room;
         if self.members.len() + names.len() > max_members {
-            return Err(ErrorBody::new(
-                ErrorCode::LIMIT_REACHED,
-                format!(
-                    "#{} would have more than {max_members} members, the most this server allows",
-                    self.name
-                ),
-            ));
+            return Err(RoomError::RoomFull { room: self.name.clone(), max: max_members });
         }
         let max_rooms = self.shared.config.max_rooms_per_user;
         let store = self.shared.store.clone();
@@ -603,23 +696,22 @@ impl RoomActor {
             for name in &names {
                 match store.user_by_name(name)? {
                     Some((id, _)) if store.rooms_of_user(id)?.len() >= max_rooms => {
-                        return Ok(Err(ErrorBody::new(
-                            ErrorCode::LIMIT_REACHED,
-                            format!("{name} is in {max_rooms} rooms, the most this server allows"),
-                        )));
+                        return Ok(Err(RoomError::TooManyRooms { user: name.clone(), max: max_rooms }));
                     }
                     Some((id, _)) => ids.push((id, name.clone())),
-                    None => return Ok(Err(ErrorBody::new(ErrorCode::NO_SUCH_USER, format!("there is no user named {name}")))),
+                    None => return Ok(Err(RoomError::NoSuchUser(name.clone()))),
                 }
             }
-            let packages = match store.claim_key_packages(&ids.iter().map(|(id, _)| *id).collect::<Vec<_>>()) {
+            let packages = match store.claim_key_packages(&ids.iter().map(|(id, _)| *id).collect::<Vec<_>>())
+            {
                 Ok(packages) => packages,
                 Err(crate::store::StoreError::NoKeyPackages(user)) => {
-                    let name = ids.iter().find(|(id, _)| *id == user).map(|(_, n)| n.to_string()).unwrap_or_default();
-                    return Ok(Err(ErrorBody::new(
-                        ErrorCode::INVALID_REQUEST,
-                        format!("{name} has no device ready to join (no KeyPackages on the server); they must connect once first"),
-                    )));
+                    let name = ids
+                        .iter()
+                        .find(|(id, _)| *id == user)
+                        .map(|(_, n)| n.to_string())
+                        .unwrap_or_default();
+                    return Ok(Err(RoomError::NoKeyPackages(name)));
                 }
                 Err(e) => return Err(e),
             };
@@ -657,256 +749,152 @@ impl RoomActor {
             .collect())
     }
 
-    /// Parses `user:device` into a username and device number.
-    fn parse_identity(identity: &str) -> Option<(String, u32)> {
-        let (user, device) = identity.rsplit_once(':')?;
-        Some((user.to_owned(), device.parse().ok()?))
+    /// The registered device behind each added leaf, in order (`None`: no
+    /// such device, or a key that is not Ed25519), in one store call.
+    async fn added_devices(&self, adds: &[AddedMember]) -> Result<Vec<Option<DeviceAccount>>, RoomError> {
+        if adds.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<Option<DeviceKey>> = adds
+            .iter()
+            .map(|a| <[u8; 32]>::try_from(a.signature_key.as_slice()).ok().map(DeviceKey))
+            .collect();
+        let store = self.shared.store.clone();
+        crate::blocking::run(move || {
+            keys.iter()
+                .map(|k| k.as_ref().map_or(Ok(None), |k| store.device_by_key(k)))
+                .collect::<Result<Vec<_>, crate::store::StoreError>>()
+        })
+        .await?
+        .map_err(internal)
     }
 
+    /// Checks a commit (MLS, then the room's policy), makes it durable with
+    /// everything it changes, then updates memory and delivers. Everything
+    /// that can fail happens before the write; after it, nothing may.
     async fn commit(
         &mut self,
         from: &DeviceAccount,
         commit: Vec<u8>,
         welcome: Option<Vec<u8>>,
         group_info: Vec<u8>,
-    ) -> Result<u64, ErrorBody> {
-        let me = self.member(from)?.clone();
-        let checked = self.group.check_commit(&commit).map_err(mls_error)?;
-        let denied =
-            |what: &str| ErrorBody::new(ErrorCode::PERMISSION_DENIED, format!("permission denied: {what}"));
-        let bad = |what: String| ErrorBody::new(ErrorCode::INVALID_MLS, what);
-
-        // The committer must be this very device.
-        let (sender_identity, sender_key, external) = match &checked.sender {
-            CommitSender::Member(leaf) => (leaf.identity.clone(), leaf.signature_key.clone(), false),
-            CommitSender::NewMember { identity, signature_key } => {
-                (identity.clone(), signature_key.clone(), true)
-            }
+    ) -> Result<u64, RoomError> {
+        self.member(from)?;
+        let checked = self.group.check_commit(&commit)?;
+        let devices = self.added_devices(&checked.adds).await?;
+        let leaves = self.group.members();
+        let plan = {
+            let room = RoomView { name: &self.name, members: &self.members, leaves: &leaves };
+            let recipients = welcome.as_deref().map(|w| move || Ok(crate::mls::welcome_recipients(w)?));
+            policy::check_commit(&room, from, &CommitFacts::of(&checked), &devices, recipients)?
         };
-        if sender_identity != from.identity() || sender_key != from.key.0 {
-            return Err(bad(format!(
-                "the commit is signed by {sender_identity}, not by this device ({})",
-                from.identity()
-            )));
-        }
-
-        // Adds: every added leaf must be a real device of a real user.
-        let mut added_devices: Vec<(UserId, DeviceNo, Vec<u8>, String)> = Vec::new();
-        for add in &checked.adds {
-            let key: [u8; 32] = add
-                .signature_key
-                .as_slice()
-                .try_into()
-                .map_err(|_| bad("an added device key is not an Ed25519 key".into()))?;
-            let store = self.shared.store.clone();
-            let device = crate::blocking::run(move || store.device_by_key(&DeviceKey(key)))
-                .await?
-                .map_err(internal)?
-                .ok_or_else(|| bad(format!("{} is not a registered device", add.identity)))?;
-            if device.identity() != add.identity {
-                return Err(bad(format!(
-                    "the added identity {} does not match its device key",
-                    add.identity
-                )));
-            }
-            added_devices.push((
-                device.user,
-                device.device,
-                add.key_package_ref.clone(),
-                device.username.to_string(),
-            ));
-        }
-        let new_users: Vec<(UserId, String)> = {
-            let mut seen = HashSet::new();
-            added_devices
-                .iter()
-                .filter(|(u, ..)| !self.members.contains_key(u) && seen.insert(*u))
-                .map(|(u, _, _, name)| (*u, name.clone()))
-                .collect()
+        let seq = self.next_seq;
+        let time_ms = now_ms();
+        let (added, removed) = plan.names();
+        let (stored, frame) =
+            self.encode_entry(self.entry(seq, time_ms, from, EntryBody::Commit { commit, added, removed }))?;
+        // The Welcome's event, made now so that nothing is left to fail once
+        // the commit is stored.
+        let welcome = if plan.welcomes.is_empty() { None } else { welcome };
+        let welcome_frame = match &welcome {
+            Some(w) => Some(
+                encode_to_bytes(&ServerFrame::Event(Event::Welcome(WelcomeItem {
+                    room: self.name.clone(),
+                    group_id: self.group_id.clone(),
+                    joined_seq: seq,
+                    welcome: w.clone(),
+                })))
+                .map_err(internal)?,
+            ),
+            None => None,
         };
-        if external && !checked.adds.is_empty() {
-            return Err(bad("an external commit may not add anyone".into()));
-        }
-        if !added_devices.is_empty() && !me.role.can_manage() {
-            return Err(denied("only owners and admins can add members"));
-        }
-        // Plain members may update their own leaf and clean up departed
-        // members' leaves; anything else (group context, PSKs, reinit) is
-        // for owners and admins.
-        if !me.role.can_manage()
-            && checked.proposal_kinds().iter().any(|k| {
-                !(matches!(*k, "update" | "remove" | "self_remove") || (external && *k == "external_init"))
-            })
-        {
-            return Err(denied("only owners and admins can change the group's settings"));
-        }
-
-        // Removes: map leaves to users.
-        let mut removed_users: Vec<(UserId, String)> = Vec::new();
-        for leaf in &checked.removes {
-            let (name, _) = Self::parse_identity(&leaf.identity)
-                .ok_or_else(|| bad(format!("a removed leaf has an unknown identity {}", leaf.identity)))?;
-            let member = self.members.values().find(|m| m.username.as_str() == name);
-            match member {
-                // Leaves of users who already left (or were removed) may be
-                // cleaned up by any member; a user may drop their own devices.
-                None => {}
-                Some(m) if m.user == from.user => {}
-                Some(m) => {
-                    if !me.role.can_manage() {
-                        return Err(denied("only owners and admins can remove members"));
-                    }
-                    if m.role == Role::Owner {
-                        return Err(denied("the owner cannot be removed"));
-                    }
-                    if external {
-                        return Err(bad("an external commit may only remove its own user's devices".into()));
-                    }
-                    if !removed_users.iter().any(|(u, _)| *u == m.user) {
-                        removed_users.push((m.user, m.username.to_string()));
-                    }
-                }
-            }
-        }
-        // A user stays a member while any of their devices stays in the group.
-        let remaining = self.group.members();
-        let removed_leaves: HashSet<u32> = checked.removes.iter().map(|l| l.leaf).collect();
-        removed_users.retain(|(_, name)| {
-            !remaining.iter().any(|l| {
-                !removed_leaves.contains(&l.leaf)
-                    && Self::parse_identity(&l.identity).is_some_and(|(n, _)| n == *name)
-            })
-        });
-
-        // Welcome routing: each added device gets the Welcome naming its KeyPackage.
-        let mut welcomes = Vec::new();
-        if !added_devices.is_empty() {
-            let welcome =
-                welcome.ok_or_else(|| bad("a commit that adds devices needs its Welcome".into()))?;
-            let recipients = crate::mls::welcome_recipients(&welcome).map_err(mls_error)?;
-            for (user, device, kp_ref, _) in &added_devices {
-                if !recipients.contains(kp_ref) {
-                    return Err(bad("the Welcome does not cover every added device".into()));
-                }
-                welcomes.push((*user, *device, welcome.clone()));
-            }
-        }
 
         // Apply in memory, check the committer's GroupInfo for the new epoch,
         // and roll back to the copy taken here if anything fails before the
         // commit is on disk. (A copy, not a rebuild from the GroupInfo:
         // OpenMLS refuses to rebuild a group whose idle leaves have expired.)
         let old_epoch = self.group.epoch();
-        let backup = self.group.try_clone().map_err(mls_error)?;
-        self.group.apply(checked).map_err(mls_error)?;
-        if let Err(e) = self.group.check_group_info(&group_info) {
-            self.group = backup;
-            return Err(mls_error(e));
-        }
-        let snapshot = match self.group.to_snapshot() {
+        let backup = self.group.try_clone()?;
+        self.group.apply(checked)?;
+        let snapshot = match self.group.check_group_info(&group_info).and_then(|()| self.group.to_snapshot())
+        {
             Ok(snapshot) => snapshot,
             Err(e) => {
                 self.group = backup;
-                return Err(mls_error(e));
+                return Err(e.into());
             }
         };
-
-        let seq = self.next_seq;
-        let time_ms = now_ms();
-        let body = EntryBody::Commit {
-            commit,
-            added: new_users.iter().map(|(_, n)| n.clone()).collect(),
-            removed: removed_users.iter().map(|(_, n)| n.clone()).collect(),
-        };
-        let (stored, frame) = match self.encode_entry(self.entry(seq, time_ms, from, body)) {
-            Ok(pair) => pair,
-            Err(e) => {
-                self.group = backup;
-                return Err(e);
-            }
-        };
-        let mut ops = vec![
-            WriteOp::Append {
-                room: self.id,
-                seq,
-                time_ms,
-                sender: Some((from.user, from.device)),
-                client_msg_id: None,
-                entry: stored,
-            },
-            WriteOp::SetEpoch {
-                room: self.id,
-                epoch: self.group.epoch(),
-                group_info: group_info.clone(),
-                group_state: snapshot,
-            },
-        ];
-        for (user, _) in &new_users {
-            ops.push(WriteOp::AddMember { room: self.id, user: *user, role: Role::Member, joined_seq: seq });
-        }
-        for (user, _) in &removed_users {
-            ops.push(WriteOp::RemoveMember { room: self.id, user: *user });
-        }
-        for (user, device, welcome) in &welcomes {
-            ops.push(WriteOp::Welcome {
-                room: self.id,
-                user: *user,
-                device: *device,
-                seq,
-                welcome: welcome.clone(),
-            });
-        }
+        let ops = plan.writes(CommitRecord {
+            room: self.id,
+            seq,
+            time_ms,
+            from,
+            entry: stored,
+            epoch: self.group.epoch(),
+            group_info: group_info.clone(),
+            group_state: snapshot,
+            welcome: welcome.as_deref(),
+        });
         if let Err(e) = self.shared.log_writer.write(ops).await {
             self.group = backup;
-            return Err(e);
+            return Err(e.into());
         }
+
+        // Durable: from here on nothing can fail.
         tracing::debug!(room = %self.name, seq, from = old_epoch, to = self.group.epoch(), "commit accepted");
         self.next_seq += 1;
         self.group_info = group_info;
-
         // The removed get the commit as their last event, then nothing more.
         self.fan_out(&frame);
-        for (user, _) in &removed_users {
+        for (user, _) in &plan.left {
             self.members.remove(user);
             self.subscribers.retain(|_, s| s.user != *user);
         }
         // New members: record them, then start delivering to their live sessions.
-        // The commit is stored: from here on nothing may turn it into an error.
-        if !new_users.is_empty() {
-            let store = self.shared.store.clone();
-            let id = self.id;
-            match crate::blocking::run(move || store.room_members(id)).await {
-                Ok(Ok(members)) => self.members = members.into_iter().map(|m| (m.user, m)).collect(),
-                Ok(Err(e)) => tracing::error!(room = %self.name, error = %e, "cannot re-read members"),
-                Err(e) => tracing::error!(room = %self.name, error = %e, "cannot re-read members"),
-            }
-            for (user, name) in &new_users {
-                self.members.entry(*user).or_insert_with(|| RoomMember {
-                    user: *user,
-                    username: validate_username(name).unwrap_or_else(|_| from.username.clone()),
-                    display_name: name.clone(),
-                    role: Role::Member,
-                    joined_seq: seq,
-                });
-            }
+        for member in plan.new_members(seq) {
+            self.members.insert(member.user, member);
         }
-        for (user, device, welcome) in welcomes {
-            let item = WelcomeItem {
-                room: self.name.clone(),
-                group_id: self.group_id.clone(),
-                joined_seq: seq,
-                welcome,
-            };
-            let frame = encode_to_bytes(&ServerFrame::Event(Event::Welcome(item))).map_err(internal)?;
-            for s in self.shared.hub.sessions_of(user) {
-                if s.device == device {
-                    let _ = s.outbox.push(frame.clone());
-                }
-                if self.members.contains_key(&user) {
-                    self.subscribers.insert(s.conn, s);
+        if let Some(frame) = welcome_frame {
+            for (user, device) in &plan.welcomes {
+                for s in self.shared.hub.sessions_of(*user) {
+                    if s.device == *device {
+                        // Dropped if its queue is full: the device fetches
+                        // its stored Welcomes when it reconnects.
+                        let _ = s.outbox.push(frame.clone());
+                    }
+                    if self.members.contains_key(user) {
+                        self.subscribers.insert(s.conn, s);
+                    }
                 }
             }
         }
         Ok(seq)
+    }
+}
+
+/// The absent room: answers every request as a room whose asker is not a
+/// member would (the caller puts the room's name in), so that a missing room
+/// costs a round trip to an actor like an existing one. Runs until its
+/// handles are gone.
+pub async fn absent_room(mut rx: mpsc::Receiver<RoomCmd>) {
+    while let Some(cmd) = rx.recv().await {
+        refuse(cmd, RoomError::NotAMember { room: String::new() });
+    }
+}
+
+/// Answers a command with `error` (commands without an answer are dropped).
+fn refuse(cmd: RoomCmd, error: RoomError) {
+    fn no<T>(reply: Reply<T>, error: RoomError) {
+        let _ = reply.send(Err(error));
+    }
+    match cmd {
+        RoomCmd::Send { reply, .. } | RoomCmd::Commit { reply, .. } => no(reply, error),
+        RoomCmd::SetRole { reply, .. } | RoomCmd::Leave { reply, .. } => no(reply, error),
+        RoomCmd::Claim { reply, .. } => no(reply, error),
+        RoomCmd::Members { reply, .. } => no(reply, error),
+        RoomCmd::Summary { reply, .. } => no(reply, error),
+        RoomCmd::ReadAccess { reply, .. } => no(reply, error),
+        RoomCmd::GroupInfo { reply, .. } => no(reply, error),
+        RoomCmd::Subscribe(_) | RoomCmd::Unsubscribe(_) | RoomCmd::Presence { .. } => {}
     }
 }

@@ -2,9 +2,19 @@
 //! room's log and serialises its commits, so no lock is shared across rooms.
 //!
 //! [`Rooms`] finds a room's actor, starting it on first use from storage.
-//! Sessions talk to actors with [`RoomCmd`]s and await the answers.
+//! Sessions talk to actors with [`RoomCmd`]s and await the answers. What a
+//! member may do to the room's group is decided by [`policy`], and every
+//! refusal is a [`RoomError`].
+//!
+//! A non-member must not learn whether a room exists, not even from how long
+//! the answer takes: [`Rooms::open`] and [`RoomHandle::ask_as`] give a missing
+//! room, a room the asker is not in (running or not) the same work: one
+//! registry look-up, one store look-up of the asker's rooms and one round
+//! trip to an actor (the room's, or the *absent room*: an actor that refuses
+//! everything).
 
 mod actor;
+pub mod policy;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +22,7 @@ use std::sync::Arc;
 use conclave_proto::{ClaimedKeyPackage, ErrorBody, ErrorCode, MemberInfo, Role, RoomSummary};
 use tokio::sync::{mpsc, oneshot};
 
+pub use self::policy::RoomError;
 use crate::hub::{ConnId, SessionHandle};
 use crate::store::{DeviceAccount, RoomId, UserId};
 use crate::Shared;
@@ -20,7 +31,7 @@ use crate::Shared;
 const ROOM_QUEUE: usize = 4096;
 
 /// Where a command's answer goes.
-pub type Reply<T> = oneshot::Sender<Result<T, ErrorBody>>;
+pub type Reply<T> = oneshot::Sender<Result<T, RoomError>>;
 
 /// What a room actor can be asked.
 pub enum RoomCmd {
@@ -117,10 +128,12 @@ pub enum RoomCmd {
     },
 }
 
-/// A handle to a room's actor.
+/// A handle to a room's actor (or to the absent room's, see [`Rooms::open`]).
 #[derive(Clone)]
 pub struct RoomHandle {
     tx: mpsc::Sender<RoomCmd>,
+    /// The absent room: its refusals name no room, the caller's name is put in.
+    absent: bool,
 }
 
 impl RoomHandle {
@@ -143,8 +156,54 @@ impl RoomHandle {
     ) -> Result<impl std::future::Future<Output = Result<T, ErrorBody>>, ErrorBody> {
         let (tx, rx) = oneshot::channel();
         self.send(make(tx)).await?;
-        Ok(async move { rx.await.map_err(|_| gone())? })
+        Ok(async move { rx.await.map_err(|_| gone())?.map_err(ErrorBody::from) })
     }
+
+    /// [`Self::start`] for a handle from [`Rooms::open`], asked by `user` about
+    /// `room`: a refusal as a non-member costs the same from a real room as
+    /// from the absent one (which did its look-up of the asker's rooms before
+    /// its round trip; a real room does it after).
+    pub async fn start_as<T>(
+        &self,
+        shared: &Arc<Shared>,
+        user: UserId,
+        room: String,
+        make: impl FnOnce(Reply<T>) -> RoomCmd,
+    ) -> Result<impl std::future::Future<Output = Result<T, ErrorBody>>, ErrorBody> {
+        let (tx, rx) = oneshot::channel();
+        self.send(make(tx)).await?;
+        let (shared, absent) = (shared.clone(), self.absent);
+        Ok(async move {
+            match rx.await.map_err(|_| gone())? {
+                Ok(answer) => Ok(answer),
+                Err(RoomError::NotAMember { .. }) => {
+                    if !absent {
+                        // The absent room's look-up, so the two cost the same.
+                        let _ = user_rooms(&shared, user).await;
+                    }
+                    Err(RoomError::NotAMember { room }.into())
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    /// [`Self::start_as`], awaited.
+    pub async fn ask_as<T>(
+        &self,
+        shared: &Arc<Shared>,
+        user: UserId,
+        room: String,
+        make: impl FnOnce(Reply<T>) -> RoomCmd,
+    ) -> Result<T, ErrorBody> {
+        self.start_as(shared, user, room, make).await?.await
+    }
+}
+
+/// The rooms `user` is a member of, from the store.
+async fn user_rooms(shared: &Arc<Shared>, user: UserId) -> Result<Vec<String>, ErrorBody> {
+    let store = shared.store.clone();
+    crate::blocking::run(move || store.rooms_of_user(user)).await?.map_err(crate::handlers::store_error)
 }
 
 fn gone() -> ErrorBody {
@@ -154,20 +213,28 @@ fn gone() -> ErrorBody {
 /// The registry of running room actors.
 #[derive(Default)]
 pub struct Rooms {
-    map: tokio::sync::Mutex<HashMap<String, RoomHandle>>,
+    map: tokio::sync::Mutex<Registry>,
     /// Set at shutdown: no room is started again.
     closed: std::sync::atomic::AtomicBool,
 }
 
+#[derive(Default)]
+struct Registry {
+    rooms: HashMap<String, RoomHandle>,
+    /// The absent room's actor, started on first use.
+    absent: Option<RoomHandle>,
+}
+
 impl Rooms {
     /// The actor of room `name`, started from storage if needed; `None` if
-    /// there is no such room.
+    /// there is no such room. For rooms the caller knows it is in; requests
+    /// that name a room use [`Self::open`].
     pub async fn get(&self, shared: &Arc<Shared>, name: &str) -> Result<Option<RoomHandle>, ErrorBody> {
         let mut map = self.map.lock().await;
         if self.closed.load(std::sync::atomic::Ordering::Acquire) {
             return Err(gone());
         }
-        if let Some(h) = map.get(name) {
+        if let Some(h) = map.rooms.get(name) {
             if !h.tx.is_closed() {
                 return Ok(Some(h.clone()));
             }
@@ -177,15 +244,61 @@ impl Rooms {
         };
         let (tx, rx) = mpsc::channel(ROOM_QUEUE);
         shared.tracker.spawn(actor.run(rx));
-        let handle = RoomHandle { tx };
-        map.insert(name.to_owned(), handle.clone());
+        let handle = RoomHandle { tx, absent: false };
+        map.rooms.insert(name.to_owned(), handle.clone());
         Ok(Some(handle))
+    }
+
+    /// The actor that answers `user`'s request about room `name`: the room's
+    /// if it is running; else, if `user` is a member, the room's, started from
+    /// storage; else the absent room's, which refuses everything as
+    /// `not_a_member`. Use [`RoomHandle::ask_as`] on it. A room that is not
+    /// running is not loaded for a non-member, and whether it exists costs
+    /// nothing to find out: both come down to the store look-up of the
+    /// asker's rooms, which depends on the asker only.
+    pub async fn open(
+        &self,
+        shared: &Arc<Shared>,
+        user: UserId,
+        name: &str,
+    ) -> Result<RoomHandle, ErrorBody> {
+        let absent = {
+            let mut map = self.map.lock().await;
+            if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+                return Err(gone());
+            }
+            if let Some(h) = map.rooms.get(name).filter(|h| !h.tx.is_closed()) {
+                return Ok(h.clone());
+            }
+            map.absent_room(shared)
+        };
+        if user_rooms(shared, user).await?.iter().any(|r| r == name) {
+            if let Some(room) = self.get(shared, name).await? {
+                return Ok(room);
+            }
+        }
+        Ok(absent)
     }
 
     /// Stops every actor (they finish what is queued first).
     pub async fn close_all(&self) {
         let mut map = self.map.lock().await;
         self.closed.store(true, std::sync::atomic::Ordering::Release);
-        map.clear();
+        map.rooms.clear();
+        map.absent = None;
+    }
+}
+
+impl Registry {
+    /// The absent room's handle, its actor started if need be.
+    fn absent_room(&mut self, shared: &Arc<Shared>) -> RoomHandle {
+        if let Some(h) = self.absent.as_ref().filter(|h| !h.tx.is_closed()) {
+            return h.clone();
+        }
+        let (tx, rx) = mpsc::channel(ROOM_QUEUE);
+        shared.tracker.spawn(actor::absent_room(rx));
+        let handle = RoomHandle { tx, absent: true };
+        self.absent = Some(handle.clone());
+        handle
     }
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use conclave_client::{connect_tls, ClientError, Connection, DeviceKey, ServerAddr};
+use conclave_client::{connect_tls, Chat, ClientError, Connection, DeviceKey, ServerAddr};
 use conclave_proto::{
     decode, encode_to_bytes, ClientFrame, ClientHello, ErrorCode, Password, ServerFrame, PROTOCOL_VERSION,
 };
@@ -87,6 +87,78 @@ impl TestServer {
         self.shutdown.cancel();
         self.handle.await.unwrap();
     }
+}
+
+/// A registered user with a profile directory and an open, caught-up `Chat`.
+struct User {
+    name: String,
+    device: DeviceKey,
+    profile: tempfile::TempDir,
+    chat: Chat,
+}
+
+async fn user(s: &TestServer, name: &str) -> User {
+    let device = DeviceKey::generate();
+    let conn = s.connect().await;
+    let info =
+        conn.register(&device, name, Password::new("correct horse battery"), None, None).await.unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let mut chat = Chat::open(profile.path(), &device, conn, info).unwrap();
+    chat.catch_up().await.unwrap();
+    User { name: name.to_owned(), device, profile, chat }
+}
+
+impl User {
+    /// A fresh connection and engine, as after a restart of the client.
+    async fn reconnect(&mut self, s: &TestServer) {
+        let conn = s.connect().await;
+        let info = conn.authenticate(&self.device).await.unwrap();
+        self.chat = Chat::open(self.profile.path(), &self.device, conn, info).unwrap();
+        self.chat.catch_up().await.unwrap();
+    }
+
+    /// (kind, sender, text) of the room's local history.
+    async fn history(&mut self, room: &str) -> Vec<(String, String, String)> {
+        self.chat.sync_room(room).await.unwrap();
+        self.chat.history(room, 0, 10_000).unwrap().into_iter().map(|r| (r.kind, r.sender, r.text)).collect()
+    }
+
+    async fn messages(&mut self, room: &str) -> Vec<String> {
+        self.history(room)
+            .await
+            .into_iter()
+            .filter(|(k, _, _)| k == "message")
+            .map(|(_, s, t)| format!("{s}: {t}"))
+            .collect()
+    }
+}
+
+/// Registers each of `names`, in order, each with its own `Chat`.
+async fn users<const N: usize>(s: &TestServer, names: [&str; N]) -> [User; N] {
+    let mut out = Vec::with_capacity(N);
+    for name in names {
+        out.push(user(s, name).await);
+    }
+    match out.try_into() {
+        Ok(all) => all,
+        Err(_) => unreachable!("one user per name"),
+    }
+}
+
+/// The usual scene: registers `members`; the first creates `room` and adds
+/// the others, who then catch up (so each has joined from its Welcome).
+async fn in_room<const N: usize>(s: &TestServer, room: &str, members: [&str; N]) -> [User; N] {
+    let mut all = users(s, members).await;
+    let (owner, others) = all.split_first_mut().expect("a room needs its creator");
+    owner.chat.create_room(room).await.unwrap();
+    if !others.is_empty() {
+        let names: Vec<String> = others.iter().map(|u| u.name.clone()).collect();
+        owner.chat.add(room, &names).await.unwrap();
+    }
+    for u in others {
+        u.chat.catch_up().await.unwrap();
+    }
+    all
 }
 
 fn server_code(e: &ClientError) -> ErrorCode {
