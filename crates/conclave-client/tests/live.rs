@@ -102,21 +102,29 @@ fn messages(chat: &Chat, room: &str) -> Vec<String> {
         .collect()
 }
 
+/// Alice and bob registered in `dir`, both in #lab (alice owns it), and a
+/// session for alice, not started yet.
+async fn alice_and_bob_in_lab(
+    s: &Running,
+    dir: &Path,
+) -> (PathBuf, PathBuf, Session, UnboundedReceiver<LiveEvent>) {
+    let alice = register(s, dir, "alice").await;
+    let bob = register(s, dir, "bob").await;
+    let mut a = chat(s, &alice).await;
+    a.create_room("lab").await.unwrap();
+    a.add("lab", &["bob".to_owned()]).await.unwrap();
+    drop(a);
+    let (session, events) =
+        Session::new(s.dialer(&alice), s.dialer(&alice).dial().await.unwrap(), Options::default());
+    (alice, bob, session, events)
+}
+
 #[tokio::test]
 async fn reconnects_catches_up_and_sends_what_was_queued() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let s = start(&data, "127.0.0.1:0".parse().unwrap()).await;
-    let alice = register(&s, dir.path(), "alice").await;
-    let bob = register(&s, dir.path(), "bob").await;
-    {
-        let mut a = chat(&s, &alice).await;
-        a.create_room("lab").await.unwrap();
-        a.add("lab", &["bob".to_owned()]).await.unwrap();
-    }
-
-    let (session, mut events) =
-        Session::new(s.dialer(&alice), s.dialer(&alice).dial().await.unwrap(), Options::default());
+    let (_alice, bob, session, mut events) = alice_and_bob_in_lab(&s, dir.path()).await;
     let handle = session.spawn().unwrap();
     until(&mut events, "catching up", |e| matches!(e, LiveEvent::CatchingUp(_)).then_some(())).await;
     let rooms = until(&mut events, "the room list", |e| match e {
@@ -171,15 +179,7 @@ async fn reconnects_catches_up_and_sends_what_was_queued() {
 async fn stopping_keeps_an_unsent_line_queued() {
     let dir = tempfile::tempdir().unwrap();
     let s = start(&dir.path().join("data"), "127.0.0.1:0".parse().unwrap()).await;
-    let alice = register(&s, dir.path(), "alice").await;
-    let bob = register(&s, dir.path(), "bob").await;
-    {
-        let mut a = chat(&s, &alice).await;
-        a.create_room("lab").await.unwrap();
-        a.add("lab", &["bob".to_owned()]).await.unwrap();
-    }
-    let (session, mut events) =
-        Session::new(s.dialer(&alice), s.dialer(&alice).dial().await.unwrap(), Options::default());
+    let (alice, bob, session, mut events) = alice_and_bob_in_lab(&s, dir.path()).await;
     let handle = session.spawn().unwrap();
     until(&mut events, "connected", |e| matches!(e, LiveEvent::Connected(_)).then_some(())).await;
     assert!(handle.send(Command::Send { local_id: 1, room: "lab".into(), text: "last words".into() }));

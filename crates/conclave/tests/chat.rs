@@ -335,3 +335,79 @@ fn chat_survives_the_server_going_away() {
     assert!(pty.wait_exit(), "Ctrl+C exits 0; screen:\n{}", pty.contents());
     s.stop();
 }
+
+/// `tail --follow`, the other front end of the client library's session:
+/// it prints live lines, says when the server goes away, reconnects after
+/// the restart, and prints what was said while it was away, each line once.
+#[test]
+fn tail_follow_reconnects_and_prints_each_line_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, alice, bob) = alice_and_bob_in_lab(dir.path());
+    let addr = s.addr.clone();
+
+    let mut tail = std::process::Command::new(BIN)
+        .arg("--profile")
+        .arg(&bob)
+        .args(["tail", "lab", "--follow"])
+        .env_remove("CONCLAVE_SERVER")
+        .env_remove("CONCLAVE_PROFILE")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<(bool, String)>();
+    for (is_err, pipe) in [
+        (false, Box::new(tail.stdout.take().unwrap()) as Box<dyn Read + Send>),
+        (true, Box::new(tail.stderr.take().unwrap())),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(pipe)) {
+                let Ok(line) = line else { break };
+                if tx.send((is_err, line)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let mut out = Vec::new();
+    let mut wait_line = |what: &str, err: bool| {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((is_err, line)) => {
+                    let found = is_err == err && line.contains(what);
+                    if !is_err {
+                        out.push(line);
+                    }
+                    if found {
+                        return;
+                    }
+                }
+                Err(_) => panic!("timed out waiting for {what:?}; stdout so far: {out:#?}"),
+            }
+        }
+    };
+
+    wait_line("bob joined #lab", false);
+    ok(&run(&alice, &["send", "lab", "said live"], ""));
+    wait_line("<Alice> said live", false);
+
+    s.stop();
+    wait_line("connection lost", true);
+    let s = Served::start_on(&dir.path().join("data"), &addr, &[]);
+    ok(&run(&alice, &["send", "lab", "said after the restart"], ""));
+    wait_line("<Alice> said after the restart", false);
+    ok(&run(&alice, &["send", "lab", "and once more"], ""));
+    wait_line("<Alice> and once more", false);
+
+    let _ = tail.kill();
+    let _ = tail.wait();
+    for text in ["said live", "said after the restart", "and once more"] {
+        let lines = out.iter().filter(|l| l.ends_with(&format!("<Alice> {text}"))).count();
+        assert_eq!(lines, 1, "{text:?} once: {out:#?}");
+    }
+    s.stop();
+}
