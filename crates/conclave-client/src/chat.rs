@@ -674,6 +674,47 @@ impl Chat {
         Ok(client_msg_id)
     }
 
+    /// Sends this device's queued messages to `room`, oldest first, after
+    /// catching up on the room and removing departed members' leaves (as
+    /// [`Chat::send`] does). Returns those the server refused for good,
+    /// which are dropped from the queue; a connection failure stops it with
+    /// the rest still queued.
+    pub async fn send_queued(&mut self, raw: &str) -> Result<Vec<(u64, ClientError)>, ClientError> {
+        let room = room_name(raw)?;
+        let mut refused = Vec::new();
+        if self.engine.pending_outgoing(&room).map_err(mls)?.is_empty() {
+            return Ok(refused);
+        }
+        self.sync_room(&room).await?;
+        if !self.engine.has_group(&room) {
+            // Removed meanwhile: its queue went with the room.
+            return Ok(refused);
+        }
+        self.remove_departed(&room).await?;
+        for (id, text) in self.engine.pending_outgoing(&room).map_err(mls)? {
+            match self.deliver(&room, id, &text).await {
+                Ok(_) => {}
+                Err(e) if e.is_transient() => return Err(e),
+                Err(e) => {
+                    self.engine.drop_outgoing(id).map_err(mls)?;
+                    refused.push((id, e));
+                }
+            }
+        }
+        self.sync_room(&room).await?;
+        Ok(refused)
+    }
+
+    /// Drops a message from the outgoing queue (it will not be sent).
+    pub fn drop_queued(&mut self, client_msg_id: u64) -> Result<(), ClientError> {
+        self.engine.drop_outgoing(client_msg_id).map_err(mls)
+    }
+
+    /// The rooms this device holds MLS state for (no network).
+    pub fn local_rooms(&self) -> Result<Vec<String>, ClientError> {
+        self.engine.rooms().map_err(mls)
+    }
+
     /// Client ids of this device's messages to `room` not yet seen in its log.
     pub fn pending_ids(&self, raw: &str) -> Result<Vec<u64>, ClientError> {
         let room = room_name(raw)?;

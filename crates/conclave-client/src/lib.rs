@@ -13,6 +13,7 @@ mod connection;
 mod device;
 pub mod engine;
 mod error;
+pub mod live;
 mod profile;
 mod tls;
 

@@ -6,12 +6,12 @@ use anyhow::{bail, Context};
 use conclave_client::{AccountRecord, Chat, Connection, Profile};
 use conclave_proto::{validate_display_name, validate_password, validate_username, AccountInfo, Password};
 
-use crate::cli::{Cli, LoginArgs, RegisterArgs};
+use crate::cli::{GlobalOpts, LoginArgs, RegisterArgs};
 use crate::connect::{connect, open_profile, remember};
 
 /// Creates an account whose first device is this profile.
-pub async fn register(cli: &Cli, args: &RegisterArgs) -> anyhow::Result<()> {
-    let mut profile = open_profile(cli)?;
+pub async fn register(opts: &GlobalOpts, args: &RegisterArgs) -> anyhow::Result<()> {
+    let mut profile = open_profile(opts)?;
     refuse_second_account(&profile)?;
     let username = validate_username(&args.username).context("cannot register")?;
     if let Some(d) = &args.display_name {
@@ -21,7 +21,7 @@ pub async fn register(cli: &Cli, args: &RegisterArgs) -> anyhow::Result<()> {
     validate_password(password.expose()).context("cannot register")?;
 
     let device = profile.device_key_or_create()?;
-    let (addr, conn) = connect(cli, &profile).await?;
+    let (addr, conn) = connect(opts, &profile).await?;
     let info = conn
         .register(&device, username.as_str(), password, args.display_name.clone(), args.token.clone())
         .await
@@ -37,13 +37,13 @@ pub async fn register(cli: &Cli, args: &RegisterArgs) -> anyhow::Result<()> {
 }
 
 /// Enrols this profile as a new device of an existing account.
-pub async fn login(cli: &Cli, args: &LoginArgs) -> anyhow::Result<()> {
-    let mut profile = open_profile(cli)?;
+pub async fn login(opts: &GlobalOpts, args: &LoginArgs) -> anyhow::Result<()> {
+    let mut profile = open_profile(opts)?;
     refuse_second_account(&profile)?;
     let username = validate_username(&args.username).context("cannot log in")?;
     let password = read_password(args.password_stdin, false)?;
     let device = profile.device_key_or_create()?;
-    let (addr, conn) = connect(cli, &profile).await?;
+    let (addr, conn) = connect(opts, &profile).await?;
     let info = conn.login(&device, username.as_str(), password).await.context("login failed")?;
     save_account(&mut profile, &addr, &conn, &info)?;
     // Upload KeyPackages and join the account's rooms by external commit.
@@ -59,10 +59,9 @@ pub async fn login(cli: &Cli, args: &LoginArgs) -> anyhow::Result<()> {
 }
 
 /// Prints who this profile is.
-pub async fn whoami(cli: &Cli) -> anyhow::Result<()> {
-    let mut profile = open_profile(cli)?;
-    let (addr, conn) = authenticated(cli, &profile).await?;
-    let info = conn.whoami().await?;
+pub async fn whoami(opts: &GlobalOpts) -> anyhow::Result<()> {
+    let mut profile = open_profile(opts)?;
+    let (addr, conn, info) = authenticated(opts, &profile).await?;
     save_account(&mut profile, &addr, &conn, &info)?;
     println!(
         "{} ({}), device {}, server {addr} {}",
@@ -76,9 +75,9 @@ pub async fn whoami(cli: &Cli) -> anyhow::Result<()> {
 
 /// Connects and authenticates as this profile's device.
 pub async fn authenticated(
-    cli: &Cli,
+    opts: &GlobalOpts,
     profile: &Profile,
-) -> anyhow::Result<(conclave_client::ServerAddr, Connection)> {
+) -> anyhow::Result<(conclave_client::ServerAddr, Connection, AccountInfo)> {
     let Some(device) = profile.device_key()? else {
         bail!(
             "this profile ({}) has no account yet; run `conclave register USER` or `conclave login USER`",
@@ -91,9 +90,9 @@ pub async fn authenticated(
             profile.dir().display()
         );
     }
-    let (addr, conn) = connect(cli, profile).await?;
-    conn.authenticate(&device).await.context("authentication failed")?;
-    Ok((addr, conn))
+    let (addr, conn) = connect(opts, profile).await?;
+    let info = conn.authenticate(&device).await.context("authentication failed")?;
+    Ok((addr, conn, info))
 }
 
 fn refuse_second_account(profile: &Profile) -> anyhow::Result<()> {

@@ -9,6 +9,17 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Debug, Parser)]
 #[command(name = "conclave", version, about, propagate_version = true)]
 pub struct Cli {
+    /// The options every client command shares.
+    #[command(flatten)]
+    pub global: GlobalOpts,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The global options: which profile, which server, and how to trust it.
+/// Passed to the commands that connect; `serve` and `admin` ignore them.
+#[derive(Debug, Clone, Args)]
+pub struct GlobalOpts {
     /// Profile directory: this device's key, account and pinned servers.
     #[arg(long, global = true, env = "CONCLAVE_PROFILE", value_name = "DIR")]
     pub profile: Option<PathBuf>,
@@ -22,8 +33,6 @@ pub struct Cli {
     /// certificate is refused all the same.
     #[arg(long, global = true)]
     pub accept_new_server: bool,
-    #[command(subcommand)]
-    pub command: Command,
 }
 
 /// The subcommands.
@@ -259,16 +268,17 @@ pub enum AdminCommand {
 
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let global = &cli.global;
     match &cli.command {
         Command::Serve(args) => crate::serve::run(args).await,
-        Command::Register(args) => crate::account::register(&cli, args).await,
-        Command::Login(args) => crate::account::login(&cli, args).await,
-        Command::Whoami => crate::account::whoami(&cli).await,
-        Command::Room(cmd) => crate::rooms::room(&cli, cmd).await,
-        Command::Send(args) => crate::rooms::send(&cli, args).await,
-        Command::Tail(args) => crate::rooms::tail(&cli, args).await,
-        Command::Chat(args) => crate::tui::run(&cli, args).await,
-        Command::ForgetServer { server } => crate::connect::forget(&cli, server.as_deref()),
+        Command::Register(args) => crate::account::register(global, args).await,
+        Command::Login(args) => crate::account::login(global, args).await,
+        Command::Whoami => crate::account::whoami(global).await,
+        Command::Room(cmd) => crate::rooms::room(global, cmd).await,
+        Command::Send(args) => crate::rooms::send(global, args).await,
+        Command::Tail(args) => crate::rooms::tail(global, args).await,
+        Command::Chat(args) => crate::tui::run(global, args).await,
+        Command::ForgetServer { server } => crate::connect::forget(global, server.as_deref()),
         Command::Admin(AdminCommand::Invite { data }) => crate::admin::invite(data.clone()),
     }
 }

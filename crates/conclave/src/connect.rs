@@ -6,11 +6,11 @@ use std::io::{BufRead, IsTerminal, Write};
 use anyhow::{bail, Context};
 use conclave_client::{connect_tls, normalize_fingerprint, Connection, Profile, ServerAddr};
 
-use crate::cli::Cli;
+use crate::cli::GlobalOpts;
 
 /// Opens the profile named by `--profile` (or the default one).
-pub fn open_profile(cli: &Cli) -> anyhow::Result<Profile> {
-    let dir = match &cli.profile {
+pub fn open_profile(opts: &GlobalOpts) -> anyhow::Result<Profile> {
+    let dir = match &opts.profile {
         Some(d) => d.clone(),
         None => crate::cli::default_profile_dir()?,
     };
@@ -18,8 +18,8 @@ pub fn open_profile(cli: &Cli) -> anyhow::Result<Profile> {
 }
 
 /// The server to talk to: `--server`, else the profile's.
-pub fn server_addr(cli: &Cli, profile: &Profile) -> anyhow::Result<ServerAddr> {
-    let given = cli.server.as_deref().or(profile.state.server.as_deref());
+pub fn server_addr(opts: &GlobalOpts, profile: &Profile) -> anyhow::Result<ServerAddr> {
+    let given = opts.server.as_deref().or(profile.state.server.as_deref());
     let Some(s) = given else {
         bail!(
             "no server known for this profile; pass --server HOST:PORT (for example --server localhost:7667)"
@@ -30,9 +30,9 @@ pub fn server_addr(cli: &Cli, profile: &Profile) -> anyhow::Result<ServerAddr> {
 
 /// Connects, settles trust in the certificate, and exchanges `Hello`.
 /// Nothing is sent before the certificate is trusted.
-pub async fn connect(cli: &Cli, profile: &Profile) -> anyhow::Result<(ServerAddr, Connection)> {
-    let addr = server_addr(cli, profile)?;
-    let expected = match &cli.fingerprint {
+pub async fn connect(opts: &GlobalOpts, profile: &Profile) -> anyhow::Result<(ServerAddr, Connection)> {
+    let addr = server_addr(opts, profile)?;
+    let expected = match &opts.fingerprint {
         Some(f) => Some(normalize_fingerprint(f).with_context(|| {
             format!("--fingerprint {f:?} is not a SHA-256 fingerprint; copy the SHA256:<64 hex digits> line that `conclave serve` prints")
         })?),
@@ -48,7 +48,7 @@ pub async fn connect(cli: &Cli, profile: &Profile) -> anyhow::Result<(ServerAddr
                 "the server at {addr} presented certificate {offered}, not the {want} you expected; not connecting. \
                  Check the fingerprint with the server's operator"
             ),
-            None if cli.accept_new_server => {}
+            None if opts.accept_new_server => {}
             None => ask_trust(&addr, offered)?,
         }
     }
@@ -87,11 +87,11 @@ fn ask_trust(addr: &ServerAddr, offered: &str) -> anyhow::Result<()> {
 }
 
 /// `conclave forget-server`: drops a pinned fingerprint.
-pub fn forget(cli: &Cli, server: Option<&str>) -> anyhow::Result<()> {
-    let mut profile = open_profile(cli)?;
+pub fn forget(opts: &GlobalOpts, server: Option<&str>) -> anyhow::Result<()> {
+    let mut profile = open_profile(opts)?;
     let addr = match server {
         Some(s) => ServerAddr::parse(s)?,
-        None => server_addr(cli, &profile)?,
+        None => server_addr(opts, &profile)?,
     };
     match profile.state.known_servers.remove(&addr.to_string()) {
         Some(fp) => {

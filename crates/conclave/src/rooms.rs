@@ -4,30 +4,42 @@ use std::io::{IsTerminal, Read, Write};
 
 use anyhow::{bail, Context};
 use chrono::TimeZone;
-use conclave_client::{Chat, HistoryRow, Update};
+use conclave_client::live::{Dialer, LiveEvent, Options, Session};
+use conclave_client::{Chat, HistoryRow};
 use conclave_proto::Role;
 
 use crate::account::authenticated;
-use crate::cli::{Cli, RoomCommand, SendArgs, TailArgs};
+use crate::cli::{GlobalOpts, RoomCommand, SendArgs, TailArgs};
 use crate::connect::open_profile;
 
-/// Connects, authenticates, opens the MLS engine and catches up.
-pub(crate) async fn open_chat(cli: &Cli) -> anyhow::Result<(Chat, Vec<Update>)> {
-    let profile = open_profile(cli)?;
-    let (_, conn) = authenticated(cli, &profile).await?;
-    let account = conn.whoami().await?;
+/// How long `tail --follow` waits for its session to stop once it is done.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Connects, authenticates and opens the MLS engine, without catching up;
+/// the [`Dialer`] reconnects to the same server with the same certificate.
+pub(crate) async fn connect_chat(opts: &GlobalOpts) -> anyhow::Result<(Chat, Dialer)> {
+    let profile = open_profile(opts)?;
+    let (addr, conn, account) = authenticated(opts, &profile).await?;
     let Some(device) = profile.device_key()? else {
         bail!("this profile has no device key; run `conclave register USER` or `conclave login USER`")
     };
-    let mut chat = Chat::open(profile.dir(), &device, conn, account)?;
-    let updates = chat.catch_up().await.context("cannot catch up with the server")?;
+    let dialer = Dialer::new(profile.dir(), addr, conn.fingerprint());
+    let chat = Chat::open(profile.dir(), &device, conn, account)?;
+    Ok((chat, dialer))
+}
+
+/// Connects, authenticates, opens the MLS engine, catches up and sends
+/// what was queued.
+pub(crate) async fn open_chat(opts: &GlobalOpts) -> anyhow::Result<(Chat, Dialer)> {
+    let (mut chat, dialer) = connect_chat(opts).await?;
+    chat.catch_up().await.context("cannot catch up with the server")?;
     chat.resend_pending().await.context("cannot send queued messages")?;
-    Ok((chat, updates))
+    Ok((chat, dialer))
 }
 
 /// Runs a `room` subcommand.
-pub async fn room(cli: &Cli, cmd: &RoomCommand) -> anyhow::Result<()> {
-    let (mut chat, _) = open_chat(cli).await?;
+pub async fn room(opts: &GlobalOpts, cmd: &RoomCommand) -> anyhow::Result<()> {
+    let (mut chat, _) = open_chat(opts).await?;
     match cmd {
         RoomCommand::Create { room } => {
             let summary = chat.create_room(room).await.context("cannot create the room")?;
@@ -81,7 +93,7 @@ pub async fn room(cli: &Cli, cmd: &RoomCommand) -> anyhow::Result<()> {
 }
 
 /// `conclave send ROOM [TEXT…]`, or the text from standard input.
-pub async fn send(cli: &Cli, args: &SendArgs) -> anyhow::Result<()> {
+pub async fn send(opts: &GlobalOpts, args: &SendArgs) -> anyhow::Result<()> {
     let text = if args.text.is_empty() {
         if std::io::stdin().is_terminal() {
             bail!("no message: give it as arguments, or pipe it in (echo text | conclave send ROOM)");
@@ -92,14 +104,14 @@ pub async fn send(cli: &Cli, args: &SendArgs) -> anyhow::Result<()> {
     } else {
         args.text.join(" ")
     };
-    let (mut chat, _) = open_chat(cli).await?;
+    let (mut chat, _) = open_chat(opts).await?;
     chat.send(&args.room, &text).await.with_context(|| format!("cannot send to #{}", bare(&args.room)))?;
     Ok(())
 }
 
 /// `conclave tail ROOM [--since SEQ] [--follow] [--json]`.
-pub async fn tail(cli: &Cli, args: &TailArgs) -> anyhow::Result<()> {
-    let (chat, _) = open_chat(cli).await?;
+pub async fn tail(opts: &GlobalOpts, args: &TailArgs) -> anyhow::Result<()> {
+    let (chat, dialer) = open_chat(opts).await?;
     let room = conclave_proto::validate_room_name(&args.room).map_err(anyhow::Error::msg)?;
     let rooms = chat.list_rooms().await?;
     let member = rooms.iter().any(|r| r.name == room);
@@ -126,53 +138,40 @@ pub async fn tail(cli: &Cli, args: &TailArgs) -> anyhow::Result<()> {
     if !args.follow {
         return Ok(());
     }
-    follow(cli, chat, &room, last, args.json).await
+    follow(chat, dialer, &room, last, args.json).await
 }
 
-async fn follow(cli: &Cli, mut chat: Chat, room: &str, mut last: u64, json: bool) -> anyhow::Result<()> {
-    let mut backoff = std::time::Duration::from_millis(500);
-    loop {
-        let mut events = chat.connection().take_events().context("events already taken")?;
-        chat.subscribe().await?;
-        // Anything that arrived between catching up and subscribing.
-        for update in chat.sync_room(room).await? {
-            last = emit(room, update, last, json)?;
-        }
+/// Prints the room's new rows as they arrive, staying connected through
+/// the client library's session (which reconnects, catches up and resends).
+async fn follow(chat: Chat, dialer: Dialer, room: &str, last: u64, json: bool) -> anyhow::Result<()> {
+    let options = Options {
+        only_rooms: Some([room.to_owned()].into_iter().collect()),
+        shown: [(room.to_owned(), last)].into_iter().collect(),
+    };
+    let (session, mut events) = Session::new(dialer, chat, options);
+    let handle = session.spawn().context("cannot start the client session")?;
+    let result = async {
         while let Some(event) = events.recv().await {
-            for update in chat.handle_event(event).await? {
-                last = emit(room, update, last, json)?;
-            }
+            emit(room, event, json)?;
         }
-        eprintln!("* connection lost; reconnecting");
-        loop {
-            tokio::time::sleep(backoff).await;
-            match open_chat(cli).await {
-                Ok((fresh, updates)) => {
-                    chat = fresh;
-                    for update in updates {
-                        last = emit(room, update, last, json)?;
-                    }
-                    backoff = std::time::Duration::from_millis(500);
-                    break;
-                }
-                Err(e) => {
-                    eprintln!("* reconnect failed: {e:#}");
-                    backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
-                }
-            }
-        }
+        bail!("the client session stopped")
     }
+    .await;
+    handle.shutdown(STOP_GRACE).await;
+    result
 }
 
-fn emit(room: &str, update: Update, last: u64, json: bool) -> anyhow::Result<u64> {
+/// Shows one event of the session: rows and presence on stdout, the
+/// connection's state on stderr.
+fn emit(room: &str, event: LiveEvent, json: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    match update {
-        Update::Row(row) if row.room == room && row.seq > last => {
-            print_row(&mut out, &row, json)?;
-            out.flush()?;
-            return Ok(row.seq);
+    match event {
+        LiveEvent::Rows { room: r, rows, .. } if r == room => {
+            for row in &rows {
+                print_row(&mut out, row, json)?;
+            }
         }
-        Update::Presence { room: r, user, online } if r == room => {
+        LiveEvent::Presence { room: r, user, online } if r == room => {
             let state = if online { "online" } else { "offline" };
             if json {
                 let v = serde_json::json!({"room": r, "kind": "presence", "sender": user, "text": state});
@@ -181,13 +180,18 @@ fn emit(room: &str, update: Update, last: u64, json: bool) -> anyhow::Result<u64
                 writeln!(out, "* {user} is {state}")?;
             }
         }
-        Update::Removed { room: r } if r == room => {
+        LiveEvent::Gone { room: r, .. } if r == room => {
             bail!("you are no longer a member of #{r}");
         }
+        LiveEvent::Disconnected { error } => eprintln!("* connection lost ({error}); reconnecting"),
+        LiveEvent::Reconnecting { error, delay, .. } => {
+            eprintln!("* reconnect failed: {error}; next try in {:.0}s", delay.as_secs_f32());
+        }
+        LiveEvent::Failed(error) => eprintln!("* {error}"),
         _ => {}
     }
     out.flush()?;
-    Ok(last)
+    Ok(())
 }
 
 fn print_row(out: &mut impl Write, row: &HistoryRow, json: bool) -> anyhow::Result<()> {

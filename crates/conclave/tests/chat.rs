@@ -123,13 +123,18 @@ impl Pty {
 
     /// Waits for the process to end; returns whether it exited with 0.
     fn wait_exit(&mut self) -> bool {
+        self.wait_exit_polling(Duration::from_millis(50))
+    }
+
+    /// [`Pty::wait_exit`], looking every `every`.
+    fn wait_exit_polling(&mut self, every: Duration) -> bool {
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.success();
             }
             assert!(Instant::now() < deadline, "conclave chat did not exit; screen:\n{}", self.contents());
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(every);
         }
     }
 }
@@ -152,14 +157,14 @@ fn chat_sends_receives_and_quits_in_a_terminal() {
     let (s, alice, bob) = alice_and_bob_in_lab(dir.path());
 
     let mut pty = Pty::spawn(&alice, &["chat", "lab"]);
-    pty.wait_text("connected as alice");
-    pty.wait_text("#lab>");
     pty.wait_for("the terminal set up", |s| {
         s.alternate_screen()
             && s.bracketed_paste()
             && s.mouse_protocol_mode() != vt100::MouseProtocolMode::None
     });
-    assert!(pty.contents().contains("bob joined #lab"), "{}", pty.contents());
+    // Each thing is waited for: under load, the room's history and members
+    // arrive while "catching up" shows, and only then "connected".
+    caught_up_in_lab(&mut pty);
 
     // Alice types; the line is acknowledged (no longer pending), and bob reads it.
     pty.type_text("hello from the terminal 🎉\r");
@@ -196,6 +201,104 @@ fn chat_sends_receives_and_quits_in_a_terminal() {
     s.stop();
 }
 
+/// Waits until the chat shows #lab caught up: connected, its history (bob
+/// joined) and its members (alice and bob).
+fn caught_up_in_lab(pty: &mut Pty) {
+    pty.wait_text("connected as alice");
+    pty.wait_text("#lab>");
+    pty.wait_text("bob joined #lab");
+    pty.wait_for("the members listed", |s| {
+        let text = s.contents();
+        text.contains("Members 1/2") && text.contains("● alice") && text.contains("○ bob")
+    });
+}
+
+/// Pauses (`-STOP`) or resumes (`-CONT`) the server process: a server that
+/// does not answer, as a slow or overloaded one answers late.
+fn signal(s: &Served, sig: &str) {
+    let status = std::process::Command::new("kill").args([sig, &s.pid().to_string()]).status().unwrap();
+    assert!(status.success(), "kill {sig}");
+}
+
+/// `/quit` right after a line: the shell comes back at once, and the line
+/// is not lost: it stays in the on-disk queue and the next run sends it.
+/// Also when the server does not answer while quitting (paused), where the
+/// old client waited its 3 s grace and then lost the line.
+#[test]
+fn quit_right_after_a_line_keeps_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, alice, bob) = alice_and_bob_in_lab(dir.path());
+
+    let mut pty = Pty::spawn(&alice, &["chat", "lab", "--no-bell"]);
+    caught_up_in_lab(&mut pty);
+    pty.type_text("said just before quitting\r/quit\r");
+    assert!(pty.wait_exit(), "conclave chat should exit 0; screen:\n{}", pty.contents());
+
+    let mut pty = Pty::spawn(&alice, &["chat", "lab", "--no-bell"]);
+    caught_up_in_lab(&mut pty);
+    signal(&s, "-STOP");
+    pty.type_text("said to a server that did not answer\r/quit\r");
+    let exited = pty.wait_exit();
+    signal(&s, "-CONT");
+    assert!(exited, "conclave chat should exit 0; screen:\n{}", pty.contents());
+
+    // The next run of alice's profile sends what was still queued (once).
+    ok(&run(&alice, &["tail", "lab"], ""));
+    let tail = ok(&run(&bob, &["tail", "lab"], ""));
+    assert_eq!(tail.matches("<Alice> said just before quitting").count(), 1, "{tail}");
+    assert_eq!(tail.matches("<Alice> said to a server that did not answer").count(), 1, "{tail}");
+    s.stop();
+}
+
+/// A measurement, not a test of speed: how long `/quit` takes to give the
+/// shell back, typed at once after a line (the worst case: a send is in
+/// flight). BENCHMARKS.md records its figures. Run with
+/// `cargo test -p conclave --test chat measure_quit -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement; run it by name"]
+fn measure_quit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, alice, _bob) = alice_and_bob_in_lab(dir.path());
+    let mut idle = Vec::new();
+    let mut sending = Vec::new();
+    let mut stalled = Vec::new();
+    for round in 0..5 {
+        for (times, line, pause) in [
+            (&mut idle, "", false),
+            (&mut sending, "a line in flight\r", false),
+            (&mut stalled, "a line to a server that does not answer\r", true),
+        ] {
+            let mut pty = Pty::spawn(&alice, &["chat", "lab", "--no-bell"]);
+            caught_up_in_lab(&mut pty);
+            if pause {
+                signal(&s, "-STOP");
+            }
+            let start = Instant::now();
+            pty.type_text(&format!("{line}/quit\r"));
+            assert!(pty.wait_exit_polling(Duration::from_millis(1)));
+            times.push(start.elapsed());
+            if pause {
+                signal(&s, "-CONT");
+            }
+            eprintln!("round {round}: {line:?} quit in {:?}", start.elapsed());
+        }
+    }
+    for (what, times) in [
+        ("idle", &mut idle),
+        ("right after a line", &mut sending),
+        ("right after a line, the server not answering", &mut stalled),
+    ] {
+        times.sort();
+        eprintln!(
+            "/quit {what}: median {:?}, max {:?} over {} runs",
+            times[times.len() / 2],
+            times[times.len() - 1],
+            times.len()
+        );
+    }
+    s.stop();
+}
+
 /// Network loss: the server goes away, the UI says so, a message typed
 /// meanwhile is queued, and after the server is back it is sent; what bob
 /// said meanwhile shows too, in the log's order.
@@ -206,7 +309,7 @@ fn chat_survives_the_server_going_away() {
     let addr = s.addr.clone();
 
     let mut pty = Pty::spawn(&alice, &["chat", "lab", "--no-bell"]);
-    pty.wait_text("connected as alice");
+    caught_up_in_lab(&mut pty);
     s.stop();
     pty.wait_text("reconnecting");
     pty.type_text("typed while offline\r");
@@ -230,5 +333,81 @@ fn chat_survives_the_server_going_away() {
 
     pty.type_text("\x03"); // Ctrl+C
     assert!(pty.wait_exit(), "Ctrl+C exits 0; screen:\n{}", pty.contents());
+    s.stop();
+}
+
+/// `tail --follow`, the other front end of the client library's session:
+/// it prints live lines, says when the server goes away, reconnects after
+/// the restart, and prints what was said while it was away, each line once.
+#[test]
+fn tail_follow_reconnects_and_prints_each_line_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, alice, bob) = alice_and_bob_in_lab(dir.path());
+    let addr = s.addr.clone();
+
+    let mut tail = std::process::Command::new(BIN)
+        .arg("--profile")
+        .arg(&bob)
+        .args(["tail", "lab", "--follow"])
+        .env_remove("CONCLAVE_SERVER")
+        .env_remove("CONCLAVE_PROFILE")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<(bool, String)>();
+    for (is_err, pipe) in [
+        (false, Box::new(tail.stdout.take().unwrap()) as Box<dyn Read + Send>),
+        (true, Box::new(tail.stderr.take().unwrap())),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(pipe)) {
+                let Ok(line) = line else { break };
+                if tx.send((is_err, line)).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let mut out = Vec::new();
+    let mut wait_line = |what: &str, err: bool| {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((is_err, line)) => {
+                    let found = is_err == err && line.contains(what);
+                    if !is_err {
+                        out.push(line);
+                    }
+                    if found {
+                        return;
+                    }
+                }
+                Err(_) => panic!("timed out waiting for {what:?}; stdout so far: {out:#?}"),
+            }
+        }
+    };
+
+    wait_line("bob joined #lab", false);
+    ok(&run(&alice, &["send", "lab", "said live"], ""));
+    wait_line("<Alice> said live", false);
+
+    s.stop();
+    wait_line("connection lost", true);
+    let s = Served::start_on(&dir.path().join("data"), &addr, &[]);
+    ok(&run(&alice, &["send", "lab", "said after the restart"], ""));
+    wait_line("<Alice> said after the restart", false);
+    ok(&run(&alice, &["send", "lab", "and once more"], ""));
+    wait_line("<Alice> and once more", false);
+
+    let _ = tail.kill();
+    let _ = tail.wait();
+    for text in ["said live", "said after the restart", "and once more"] {
+        let lines = out.iter().filter(|l| l.ends_with(&format!("<Alice> {text}"))).count();
+        assert_eq!(lines, 1, "{text:?} once: {out:#?}");
+    }
     s.stop();
 }

@@ -10,7 +10,8 @@ use crossterm::event::{Event as TermEvent, KeyCode, KeyEvent, KeyEventKind, KeyM
 
 use super::command::{self, Command, COMMANDS};
 use super::input::Input;
-use super::worker::{Event, Request};
+// The session's commands and events, named for what they are to the UI.
+use conclave_client::live::{Command as Request, LiveEvent as Event};
 
 /// Lines kept per room in memory; older ones stay in the local history.
 const ROOM_LINES_MAX: usize = 5_000;
@@ -24,7 +25,13 @@ const WHEEL_LINES: usize = 3;
 /// The connection as the status line shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Conn {
-    /// Online.
+    /// Connected, still catching up on the rooms (history and members may
+    /// be incomplete until then).
+    CatchingUp {
+        /// After the connection was lost (so "reconnected" follows).
+        after_loss: bool,
+    },
+    /// Online and caught up.
     Connected,
     /// Lost; reconnecting.
     Reconnecting {
@@ -189,7 +196,7 @@ impl App {
             rooms: Vec::new(),
             current: None,
             wanted: room.map(|r| r.trim_start_matches('#').to_owned()),
-            conn: Conn::Connected,
+            conn: Conn::CatchingUp { after_loss: false },
             notice: None,
             input: Input::default(),
             bell_on_mention,
@@ -390,7 +397,7 @@ impl App {
         let local_id = self.next_local_id;
         self.next_local_id += 1;
         let state = match self.conn {
-            Conn::Connected => PendingState::Sending,
+            Conn::Connected | Conn::CatchingUp { .. } => PendingState::Sending,
             Conn::Reconnecting { .. } => PendingState::Queued,
         };
         if let Some(view) = self.current_mut() {
@@ -428,9 +435,9 @@ impl App {
                     _ => self.error(format!("you are not in a room {target:?}; /rooms lists yours")),
                 }
             }
-            Command::Create(room) => return vec![Request::Create(room)],
+            Command::Create(room) => return vec![Request::CreateRoom(room)],
             Command::Rooms => return vec![Request::Rooms],
-            Command::Nick(name) => return vec![Request::Nick(name)],
+            Command::Nick(name) => return vec![Request::SetDisplayName(name)],
             Command::Leave(Some(room)) => return vec![Request::Leave(room)],
             Command::Leave(None) => {
                 if let Some(room) = need_room(self) {
@@ -449,12 +456,12 @@ impl App {
             }
             Command::Role { user, role } => {
                 if let Some(room) = need_room(self) {
-                    return vec![Request::Role { room, user, role }];
+                    return vec![Request::SetRole { room, user, role }];
                 }
             }
             Command::Who => {
                 if let Some(room) = need_room(self) {
-                    return vec![Request::Who(room)];
+                    return vec![Request::Members(room)];
                 }
             }
         }
@@ -464,11 +471,17 @@ impl App {
     /// An event from the client task.
     pub fn on_worker(&mut self, event: Event) {
         match event {
+            Event::CatchingUp(me) => {
+                let after_loss = matches!(self.conn, Conn::Reconnecting { .. });
+                self.me = me;
+                self.conn = Conn::CatchingUp { after_loss };
+            }
             Event::Connected(me) => {
-                let was_offline = self.conn != Conn::Connected;
+                let reconnected =
+                    matches!(self.conn, Conn::Reconnecting { .. } | Conn::CatchingUp { after_loss: true });
                 self.me = me;
                 self.conn = Conn::Connected;
-                if was_offline {
+                if reconnected {
                     self.info("reconnected");
                 }
             }
@@ -479,8 +492,8 @@ impl App {
                 let secs = delay.as_secs_f32();
                 self.conn = Conn::Reconnecting { attempt, error: format!("{error}; next try in {secs:.0}s") };
             }
-            Event::Rooms { rooms, show } => self.set_rooms(rooms, show),
-            Event::Members { room, mut members, show } => {
+            Event::Rooms { rooms, requested } => self.set_rooms(rooms, requested),
+            Event::Members { room, mut members, requested: show } => {
                 members.sort_by(|a, b| {
                     let rank = |r: Role| match r {
                         Role::Owner => 0,
@@ -645,7 +658,7 @@ mod tests {
         let mut app = App::new(me(), Some("#lab".into()), true);
         app.on_worker(Event::Rooms {
             rooms: vec![summary("lab"), summary("attic"), summary("zoo")],
-            show: false,
+            requested: false,
         });
         app
     }
@@ -655,7 +668,7 @@ mod tests {
         let app = app_with_rooms();
         assert_eq!(app.current.as_deref(), Some("lab"));
         let mut other = App::new(me(), Some("nope".into()), true);
-        other.on_worker(Event::Rooms { rooms: vec![summary("lab"), summary("attic")], show: false });
+        other.on_worker(Event::Rooms { rooms: vec![summary("lab"), summary("attic")], requested: false });
         assert_eq!(other.current.as_deref(), Some("attic"));
         assert!(other.notice.as_ref().is_some_and(|n| n.error && n.text.contains("#nope")));
     }
@@ -689,8 +702,23 @@ mod tests {
         app.on_worker(Event::SendFailed { local_id: 1, error: "not a member of #lab".into() });
         assert!(matches!(app.current_room().unwrap().pending[0].state, PendingState::Failed(_)));
         assert!(app.notice.as_ref().unwrap().error);
+        app.on_worker(Event::CatchingUp(me()));
+        assert_eq!(app.conn, Conn::CatchingUp { after_loss: true });
         app.on_worker(Event::Connected(me()));
         assert_eq!(app.conn, Conn::Connected);
+        assert_eq!(app.notice.as_ref().unwrap().text, "reconnected");
+    }
+
+    #[test]
+    fn catching_up_until_the_session_says_connected() {
+        let mut app = App::new(me(), Some("lab".into()), true);
+        assert_eq!(app.conn, Conn::CatchingUp { after_loss: false });
+        app.on_worker(Event::CatchingUp(me()));
+        app.on_worker(Event::Rooms { rooms: vec![summary("lab")], requested: false });
+        assert_eq!(app.conn, Conn::CatchingUp { after_loss: false }, "rooms alone are not caught up");
+        app.on_worker(Event::Connected(me()));
+        assert_eq!(app.conn, Conn::Connected);
+        assert!(app.notice.is_none(), "the first connection is not a reconnection");
     }
 
     #[test]
@@ -762,11 +790,11 @@ mod tests {
             type_line(&mut app, "/add bob carol"),
             vec![Request::Add { room: "lab".into(), users: vec!["bob".into(), "carol".into()] }]
         );
-        assert_eq!(type_line(&mut app, "/who"), vec![Request::Who("lab".into())]);
-        assert_eq!(type_line(&mut app, "/create new"), vec![Request::Create("new".into())]);
+        assert_eq!(type_line(&mut app, "/who"), vec![Request::Members("lab".into())]);
+        assert_eq!(type_line(&mut app, "/create new"), vec![Request::CreateRoom("new".into())]);
         assert_eq!(
             type_line(&mut app, "/role bob admin"),
-            vec![Request::Role { room: "lab".into(), user: "bob".into(), role: Role::Admin }]
+            vec![Request::SetRole { room: "lab".into(), user: "bob".into(), role: Role::Admin }]
         );
         assert!(type_line(&mut app, "/bogus").is_empty());
         assert!(app.notice.as_ref().unwrap().text.contains("unknown command /bogus"));

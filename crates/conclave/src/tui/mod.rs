@@ -1,13 +1,14 @@
 //! `conclave chat`: the full-screen terminal client.
 //!
 //! Concurrency design (habit 11): the UI task runs one `select!` over
-//! terminal events (crossterm's `EventStream`), events from the client task,
-//! and a slow tick; it redraws only after something changed. The client task
-//! ([`worker`]) owns the `Chat` and does every network and MLS operation;
-//! the two talk over two unbounded channels, so the UI never waits on the
-//! network. The state and its reducer live in [`app`], drawing in
-//! [`render`], the line editor in [`input`], the slash commands in
-//! [`command`].
+//! terminal events (crossterm's `EventStream`), events from the client
+//! library's session, and a slow tick; it redraws only after something
+//! changed. The session ([`conclave_client::live`], on a thread of its own)
+//! owns the `Chat`, does every network and MLS operation and stays
+//! connected; the two talk over two unbounded channels, so the UI never
+//! waits on the network. The state and its reducer live in [`app`],
+//! drawing in [`render`], the line editor in [`input`], the slash commands
+//! in [`command`].
 //!
 //! The terminal is put back as it was (raw mode off, main screen, no mouse
 //! capture, no bracketed paste) when the loop ends for any reason, on
@@ -17,7 +18,6 @@ pub mod app;
 pub mod command;
 pub mod input;
 pub mod render;
-pub mod worker;
 
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -32,58 +32,41 @@ use ratatui::backend::CrosstermBackend;
 use ratatui::Terminal;
 use tokio::sync::mpsc;
 
-use crate::cli::{ChatArgs, Cli, Command};
+use conclave_client::live::{LiveEvent, LiveHandle, Options, Session};
+
+use crate::cli::{ChatArgs, GlobalOpts};
 
 /// How often the UI wakes without input (to expire old status lines).
 const TICK: Duration = Duration::from_millis(500);
 
-/// How long quitting waits for the client task to finish what it is doing
-/// (a message being sent), after the terminal is restored.
+/// How long quitting waits at most for the session to stop, after the
+/// terminal is restored. The session stops at its next `await` and then
+/// puts the messages it had not sent yet in the on-disk queue, which takes
+/// milliseconds; the bound only matters if it is stuck in CPU work (a long
+/// catch-up), where exiting sooner could lose a line just typed.
 const QUIT_GRACE: Duration = Duration::from_secs(3);
 
 /// Runs `conclave chat [ROOM]`.
-pub async fn run(cli: &Cli, args: &ChatArgs) -> anyhow::Result<()> {
+pub async fn run(opts: &GlobalOpts, args: &ChatArgs) -> anyhow::Result<()> {
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
         bail!("`conclave chat` needs a terminal; in scripts use `conclave send` and `conclave tail`");
     }
     // Connect before taking over the terminal, so a first-contact question
-    // or a failure is an ordinary prompt or one line on stderr.
-    let (chat, _) = crate::rooms::open_chat(cli).await?;
+    // or a failure is an ordinary prompt or one line on stderr. Catching up
+    // is the session's, with the screen up.
+    let (chat, dialer) = crate::rooms::connect_chat(opts).await?;
     let me = chat.account().clone();
-    // What the client task needs to reconnect: the global options.
-    let reconnect = Cli {
-        profile: cli.profile.clone(),
-        server: cli.server.clone(),
-        fingerprint: cli.fingerprint.clone(),
-        accept_new_server: cli.accept_new_server,
-        command: Command::Whoami,
-    };
-    let (req_tx, req_rx) = mpsc::unbounded_channel();
-    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
-    // The `Chat` (SQLite inside) is `Send` but not `Sync`, so its futures
-    // cannot move between a multi-threaded runtime's workers: the client
-    // task gets a thread with a runtime of its own.
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    std::thread::Builder::new()
-        .name("conclave-client".into())
-        .spawn(move || {
-            match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt.block_on(worker::run(reconnect, chat, req_rx, ev_tx)),
-                Err(e) => tracing::error!(error = %e, "cannot start the client task's runtime"),
-            }
-            let _ = done_tx.send(());
-        })
-        .context("cannot start the client task")?;
+    let (session, mut events) = Session::new(dialer, chat, Options::default());
+    let handle = session.spawn().context("cannot start the client session")?;
 
     let mut app = app::App::new(me, args.room.clone(), !args.no_bell);
     let result = {
         let mut term = Screen::enter()?;
-        event_loop(&mut term, &mut app, &req_tx, &mut ev_rx).await
+        event_loop(&mut term, &mut app, &handle, &mut events).await
         // `term` is dropped here: the terminal is restored.
     };
-    drop(req_tx);
-    if tokio::time::timeout(QUIT_GRACE, done_rx).await.is_err() {
-        tracing::warn!("the client task did not finish in time");
+    if !handle.shutdown(QUIT_GRACE).await {
+        tracing::warn!("the client session did not stop in time");
     }
     result
 }
@@ -138,8 +121,8 @@ impl Drop for Screen {
 async fn event_loop(
     screen: &mut Screen,
     app: &mut app::App,
-    requests: &mpsc::UnboundedSender<worker::Request>,
-    events: &mut mpsc::UnboundedReceiver<worker::Event>,
+    session: &LiveHandle,
+    events: &mut mpsc::UnboundedReceiver<LiveEvent>,
 ) -> anyhow::Result<()> {
     let mut terminal_events = EventStream::new();
     let mut tick = tokio::time::interval(TICK);
@@ -174,9 +157,9 @@ async fn event_loop(
         tokio::select! {
             event = terminal_events.next() => match event {
                 Some(Ok(event)) => {
-                    for req in app.on_terminal(event) {
-                        if requests.send(req).is_err() {
-                            bail!("the client task stopped");
+                    for command in app.on_terminal(event) {
+                        if !session.send(command) {
+                            bail!("the client session stopped");
                         }
                     }
                     dirty = true;
@@ -185,7 +168,7 @@ async fn event_loop(
                 None => return Ok(()),
             },
             event = events.recv() => {
-                let Some(event) = event else { bail!("the client task stopped") };
+                let Some(event) = event else { bail!("the client session stopped") };
                 app.on_worker(event);
                 // A burst (catching up): apply it all, then draw once.
                 while let Ok(event) = events.try_recv() {

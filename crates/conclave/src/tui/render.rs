@@ -321,6 +321,11 @@ fn draw_members(f: &mut Frame, app: &App, area: Rect) {
 fn draw_status(f: &mut Frame, app: &App, area: Rect) {
     let base = Style::default().bg(Color::DarkGray).fg(Color::White);
     let mut spans = match &app.conn {
+        Conn::CatchingUp { .. } => {
+            let what =
+                app.current.as_deref().map_or_else(|| "your rooms".to_owned(), |room| format!("#{room}"));
+            vec![Span::styled(format!(" ◌ catching up {what}… "), base.fg(Color::LightCyan))]
+        }
         Conn::Connected => {
             vec![Span::styled(format!(" ● connected as {} ", app.me.username), base.fg(Color::LightGreen))]
         }
@@ -355,7 +360,7 @@ fn draw_input(f: &mut Frame, app: &App, area: Rect) {
 mod tests {
     use super::*;
     use crate::tui::app::App;
-    use crate::tui::worker::Event;
+    use conclave_client::live::LiveEvent as Event;
     use conclave_client::HistoryRow;
     use conclave_proto::{AccountInfo, MemberInfo, Role, RoomSummary};
     use ratatui::backend::TestBackend;
@@ -415,11 +420,14 @@ mod tests {
             head_seq: 1,
             joined_seq: 1,
         };
-        app.on_worker(Event::Rooms { rooms: vec![summary("lab"), summary("random")], show: false });
+        app.on_worker(Event::Rooms { rooms: vec![summary("lab"), summary("random")], requested: false });
+        let status = &screen(&mut app, 80, 24)[22];
+        assert!(status.contains("◌ catching up #lab…"), "until the session is caught up: {status}");
+        app.on_worker(Event::Connected(app.me.clone()));
         app.on_worker(Event::Members {
             room: "lab".into(),
             members: vec![member("alice", Role::Owner, true), member("bob", Role::Member, false)],
-            show: false,
+            requested: false,
         });
         let rows = vec![
             row(2, "", "join", "bob joined #lab"),
