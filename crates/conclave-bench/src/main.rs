@@ -8,6 +8,7 @@
 
 mod client;
 mod lean;
+mod memory;
 mod room;
 mod scenarios;
 mod stats;
@@ -123,6 +124,22 @@ pub enum Scenario {
         /// Seconds of chat traffic (the storm starts 2 s in).
         #[arg(long, default_value_t = 10)]
         duration: u64,
+    },
+    /// Server memory under registrations and connections that pipeline
+    /// `Sync`s of ~1 MiB answers without reading; and after they close.
+    Memory {
+        /// Accounts registered through the protocol first (Argon2 each).
+        #[arg(long, default_value_t = 20)]
+        registrations: usize,
+        /// Connections that pipeline.
+        #[arg(long, default_value_t = 3)]
+        connections: usize,
+        /// `Sync` requests each connection sends without reading.
+        #[arg(long, default_value_t = 1000)]
+        requests: usize,
+        /// Seconds the answers stay unread.
+        #[arg(long, default_value_t = 5)]
+        hold: u64,
     },
     /// MLS costs at several group sizes (in-process, no server).
     Mls {

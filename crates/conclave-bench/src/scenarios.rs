@@ -113,6 +113,14 @@ pub async fn run(cli: &Cli) -> Result<Vec<(String, Report)>> {
             ensure!(duration >= 3, "--duration must be at least 3 seconds (2 s of chat before the storm)");
             Ok(vec![("login".into(), login(cli, clients, members, rate, duration).await?)])
         }
+        Scenario::Memory { registrations, connections, requests, hold } => {
+            ensure!(connections >= 1 && requests >= 1, "--connections and --requests must be at least 1");
+            let (target, accounts) = Target::start(&spec(cli, &[])?, "mem", 1).await?;
+            let state = tempfile::Builder::new().prefix("conclave-bench-clients-").tempdir()?;
+            let wave = crate::memory::Wave { registrations, connections, requests, hold };
+            let report = crate::memory::run(Arc::new(target), Arc::new(accounts), state.path(), wave).await?;
+            Ok(vec![("memory".into(), report)])
+        }
         Scenario::Mls { members, repeat } => {
             ensure!(members.iter().all(|&m| m >= 2), "--members: each group size must be at least 2");
             ensure!(repeat >= 1, "--repeat must be at least 1");

@@ -261,6 +261,8 @@ const OPEN_LIMITS: &[&str] = &[
     "100000",
     "--max-connections-per-address",
     "100000",
+    "--max-unauthenticated-per-address",
+    "100000",
     "--requests-per-second",
     "100000000",
     "--messages-per-second",

@@ -78,8 +78,27 @@ pub async fn connect_tls(addr: &ServerAddr, pinned: Option<&str>) -> Result<TlsC
             (Some(pin), Some(seen)) if pin != seen => {
                 Err(ClientError::CertificateChanged { address, pinned: pin.to_owned(), offered: seen })
             }
-            _ => Err(ClientError::Tls { address, source }),
+            _ => Err(ClientError::Tls { address, source: explain_handshake_failure(source) }),
         },
+    }
+}
+
+/// A handshake that ended because the server closed the connection says
+/// only "tls handshake eof"; a server refusing connections for a limit with
+/// no room to say so closes them so (docs/PROTOCOL.md §1.4). Say what that
+/// likely means.
+fn explain_handshake_failure(source: std::io::Error) -> std::io::Error {
+    use std::io::ErrorKind;
+    match source.kind() {
+        ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted => {
+            std::io::Error::new(
+                source.kind(),
+                "the server closed the connection during the TLS handshake: it may be refusing connections \
+                 for a limit (it is full, or has too many connections from this address), or it is not a \
+                 Conclave server; try again in a few seconds",
+            )
+        }
+        _ => source,
     }
 }
 

@@ -76,7 +76,14 @@ impl ClientError {
         match self {
             ClientError::Connect { .. } | ClientError::Tls { .. } | ClientError::Closed(_) => true,
             ClientError::Server(e) => {
-                matches!(e.code, ErrorCode::SHUTTING_DOWN | ErrorCode::SLOW_CONSUMER | ErrorCode::INTERNAL)
+                matches!(
+                    e.code,
+                    ErrorCode::SHUTTING_DOWN
+                        | ErrorCode::SLOW_CONSUMER
+                        | ErrorCode::INTERNAL
+                        | ErrorCode::SERVER_FULL
+                        | ErrorCode::TOO_MANY_CONNECTIONS
+                )
             }
             _ => false,
         }

@@ -47,6 +47,9 @@ codes! {
     INTERNAL = 8, "internal";
     /// The client did not read its events fast enough; reconnect and sync.
     SLOW_CONSUMER = 9, "slow_consumer";
+    /// Too many connections from the client's address (in all, or not
+    /// authenticated yet); the message names the limit. Retry later.
+    TOO_MANY_CONNECTIONS = 10, "too_many_connections";
 
     // Accounts and devices.
     /// Wrong password or unknown user: deliberately indistinguishable.

@@ -17,6 +17,23 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// this many pile up is disconnected; it re-syncs from the log when back.
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
 
+/// Default byte budget of one connection's outbound queue. Answers to the
+/// connection's own requests may fill half of it before the server stops
+/// reading its requests; events past all of it disconnect it
+/// (`slow_consumer`). Four times the largest frame (1 MiB), so a 1 MiB
+/// `Sync` answer and a 1 MiB event both fit (docs/LIMITS.md).
+pub const DEFAULT_OUTBOUND_BYTES: usize = 4 * 1024 * 1024;
+
+/// Default cap on connections from one source address that have not
+/// authenticated yet: well under the per-address cap, so that connections
+/// which never sign in cannot keep the users behind that address out.
+pub const DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS: usize = 64;
+
+/// Default age past which an unauthenticated connection may be closed to
+/// make room for a newer one from its address (a real client authenticates
+/// within milliseconds).
+pub const DEFAULT_UNAUTHENTICATED_GRACE: Duration = Duration::from_secs(2);
+
 /// Failed logins allowed per account and per address before backoff starts.
 pub const DEFAULT_FREE_LOGIN_FAILURES: u32 = 5;
 
@@ -87,6 +104,10 @@ pub struct Config {
     pub handshake_timeout: Duration,
     /// Frames queued per connection before it counts as too slow.
     pub outbound_queue: usize,
+    /// Bytes queued per connection: answers may use half before the server
+    /// stops reading the connection's requests; events past all of it
+    /// disconnect it (`slow_consumer`).
+    pub outbound_bytes: usize,
     /// Password hashes computed at once (each takes one core and 19 MiB).
     pub argon2_threads: usize,
     /// Failed logins per account and per address before backoff starts.
@@ -96,6 +117,11 @@ pub struct Config {
     pub login_backoff: Duration,
     /// Connections from one source address.
     pub max_connections_per_address: usize,
+    /// Connections from one source address that have not authenticated yet.
+    pub max_unauthenticated_per_address: usize,
+    /// Age past which an unauthenticated connection may be closed to make
+    /// room for a newer one from the same address.
+    pub unauthenticated_grace: Duration,
     /// Requests per second on one connection.
     pub requests_per_second: u32,
     /// Messages per second from one user.
@@ -124,6 +150,7 @@ impl Config {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            outbound_bytes: DEFAULT_OUTBOUND_BYTES,
             // One core is left to chat traffic, so a login storm cannot
             // stall it (BENCHMARKS.md, `login`); at least one hash at a time.
             argon2_threads: std::thread::available_parallelism()
@@ -131,6 +158,8 @@ impl Config {
             free_login_failures: DEFAULT_FREE_LOGIN_FAILURES,
             login_backoff: DEFAULT_LOGIN_BACKOFF,
             max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            max_unauthenticated_per_address: DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS,
+            unauthenticated_grace: DEFAULT_UNAUTHENTICATED_GRACE,
             requests_per_second: DEFAULT_REQUESTS_PER_SECOND,
             messages_per_second: DEFAULT_MESSAGES_PER_SECOND,
             max_rooms_per_user: DEFAULT_MAX_ROOMS_PER_USER,

@@ -3,9 +3,20 @@
 //!
 //! Frames are encoded once (`Bytes`) and may be shared between many
 //! connections' queues. The writer batches whatever is queued into one write.
-//! A full queue means the client is not reading fast enough: the connection is
-//! closed (the room log is the truth, so it re-syncs when it comes back)
-//! instead of letting memory grow.
+//!
+//! The queue is bounded twice: in frames and in bytes (`Config::outbound_queue`
+//! and `Config::outbound_bytes`). The two kinds of frame meet its bounds
+//! differently:
+//!
+//! - **events** (pushed by rooms) are refused past either bound: the client
+//!   is not reading fast enough, so the connection is closed with
+//!   `slow_consumer` (the room log is the truth: it re-syncs when it comes
+//!   back) instead of letting memory grow;
+//! - **answers** to the connection's own requests are always queued, and the
+//!   session stops reading requests while the queue holds more than half of
+//!   either bound ([`Outbox::room_for_answers`]): backpressure, so a client
+//!   that pipelines requests without reading their answers only fills its
+//!   own TCP window. The other half stays free for events.
 
 use bytes::{Buf, Bytes, BytesMut};
 use conclave_proto::{decode, encode_to_bytes, ClientFrame, DecodeError, ServerFrame};
@@ -13,6 +24,7 @@ use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -20,6 +32,26 @@ use tokio::sync::Notify;
 
 /// Bytes handed to the stream in one write at most.
 const WRITE_BATCH: usize = 64 * 1024;
+
+/// Bytes a closing connection still reads (and discards) after its last
+/// word, so that a client that wrote an oversized frame whole, or requests
+/// after the close, gets the error frame instead of a TCP reset: closing a
+/// socket with unread data resets it, and the reset makes the peer's kernel
+/// drop what it had not yet handed to the client (docs/PROTOCOL.md §2.2).
+pub const LINGER_BYTES: usize = 8 * 1024 * 1024;
+
+/// Reads and discards from `rd` until it ends, fails, or `max` bytes were
+/// read. The caller bounds it in time.
+pub async fn linger<R: AsyncRead + Unpin>(rd: &mut R, max: usize) {
+    let mut chunk = [0u8; 4096];
+    let mut read = 0;
+    while read < max {
+        match rd.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => read += n,
+        }
+    }
+}
 
 /// Why reading a frame failed.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +102,13 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// Reads and discards what the peer still sends, as [`linger`] does,
+    /// after giving back the read buffer.
+    pub async fn linger(&mut self, max: usize) {
+        self.buf = BytesMut::new();
+        linger(&mut self.inner, max).await;
+    }
+
     /// Reads between frames, when nothing is buffered: into a chunk on the
     /// stack, so that a connection waiting for its next frame (most of them,
     /// most of the time) holds no read buffer; it is given back on waiting.
@@ -92,6 +131,33 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+/// Default byte budget of one queue when none is given (the benchmarks'
+/// queues); the server's comes from `Config::outbound_bytes`.
+pub const DEFAULT_QUEUE_BYTES: usize = 4 * 1024 * 1024;
+
+/// Figures over every outbound queue of one server: what operators (and the
+/// tests) can watch to see that memory stays bounded.
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    /// Bytes queued over all connections now.
+    queued: AtomicUsize,
+    /// The most bytes one connection's queue has held at once.
+    peak: AtomicUsize,
+}
+
+impl QueueStats {
+    /// Bytes queued (or being written) over all connections now.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// The most bytes one connection's queue has held at once since the
+    /// server started.
+    pub fn peak_queued_bytes(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
 /// A connection's outbound queue: frames in order, and the last word, which
 /// goes ahead of them. Its storage grows with what is queued and is given
 /// back once drained, so an idle connection keeps almost nothing here
@@ -101,7 +167,14 @@ struct Queue {
     state: Mutex<QueueState>,
     /// Wakes the writer: something was queued, or the last outbox dropped.
     ready: Notify,
+    /// Wakes a session waiting for room for answers: the writer wrote, or
+    /// the queue closed.
+    drained: Notify,
+    /// Frames at most (events are refused past it).
     capacity: usize,
+    /// Bytes at most (events are refused past it, unless the queue is empty).
+    budget: usize,
+    stats: Arc<QueueStats>,
 }
 
 #[derive(Default)]
@@ -114,6 +187,21 @@ struct QueueState {
     closed: bool,
     /// Live `Outbox` clones; the writer finishes when none is left.
     senders: usize,
+    /// Bytes of the frames queued and of those the writer took but has not
+    /// written yet.
+    bytes: usize,
+    /// The most `bytes` has been (reported to [`QueueStats`] when it grows).
+    peak: usize,
+    /// A session waits in [`Outbox::room_for_answers`].
+    answers_waiting: bool,
+}
+
+impl QueueState {
+    /// Whether answers may be queued without waiting: at most half of each
+    /// bound is used.
+    fn has_room_for_answers(&self, queue: &Queue) -> bool {
+        self.closed || (self.bytes <= queue.budget / 2 && self.frames.len() <= queue.capacity / 2)
+    }
 }
 
 impl Queue {
@@ -122,6 +210,32 @@ impl Queue {
         // change is one assignment or push), so a poisoned lock is used as is.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Counts `added` more bytes in `state`.
+    fn grow(&self, state: &mut QueueState, added: usize) {
+        state.bytes += added;
+        self.stats.queued.fetch_add(added, Ordering::Relaxed);
+        if state.bytes > state.peak {
+            state.peak = state.bytes;
+            self.stats.peak.fetch_max(state.bytes, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts `removed` bytes as gone from `state` (written or dropped), and
+    /// wakes a session waiting for room.
+    fn shrink(&self, state: &mut QueueState, removed: usize) {
+        let removed = removed.min(state.bytes);
+        state.bytes -= removed;
+        self.stats.queued.fetch_sub(removed, Ordering::Relaxed);
+        if state.answers_waiting && state.has_room_for_answers(self) {
+            state.answers_waiting = false;
+            self.drained.notify_one();
+        }
+    }
+}
+
+fn total_len(frames: &VecDeque<Bytes>) -> usize {
+    frames.iter().map(Bytes::len).sum()
 }
 
 /// The sending side of a connection's outbound queue.
@@ -156,35 +270,101 @@ impl Drop for Outbox {
 pub struct QueueFull;
 
 impl Outbox {
-    /// A queue of at most `capacity` frames, and the receiving end a writer
-    /// drains.
+    /// A queue of at most `capacity` frames and [`DEFAULT_QUEUE_BYTES`], and
+    /// the receiving end a writer drains.
     pub(crate) fn new(capacity: usize) -> (Self, Frames) {
+        Self::bounded(capacity, DEFAULT_QUEUE_BYTES, Arc::default())
+    }
+
+    /// A queue of at most `capacity` frames and `budget` bytes, counted in
+    /// `stats`, and the receiving end a writer drains.
+    pub(crate) fn bounded(capacity: usize, budget: usize, stats: Arc<QueueStats>) -> (Self, Frames) {
         let queue = Arc::new(Queue {
             state: Mutex::new(QueueState { senders: 1, ..QueueState::default() }),
             ready: Notify::new(),
+            drained: Notify::new(),
             capacity: capacity.max(1),
+            budget: budget.max(1),
+            stats,
         });
-        (Self { queue: queue.clone() }, Frames { queue, spare: VecDeque::new() })
+        (Self { queue: queue.clone() }, Frames { queue, spare: VecDeque::new(), taken_bytes: 0 })
     }
 
-    /// Queues an already-encoded frame without waiting.
+    /// Queues an already-encoded event without waiting.
     pub fn push(&self, frame: Bytes) -> Result<(), QueueFull> {
         self.push_all(std::slice::from_ref(&frame))
     }
 
-    /// Queues already-encoded frames, in order, without waiting: all of them
+    /// Queues already-encoded events, in order, without waiting: all of them
     /// under one lock with one wake-up (a room fans out a whole batch of
-    /// messages to each subscriber so), or none if they do not all fit.
+    /// messages to each subscriber so), or none if they do not all fit in
+    /// the queue's frame and byte bounds. Frames that alone are larger than
+    /// the byte budget still go into an empty queue.
     pub fn push_all(&self, frames: &[Bytes]) -> Result<(), QueueFull> {
         {
             let mut state = self.queue.lock();
-            if state.closed || state.frames.len() + frames.len() > self.queue.capacity {
+            let added: usize = frames.iter().map(Bytes::len).sum();
+            if state.closed
+                || state.frames.len() + frames.len() > self.queue.capacity
+                || (state.bytes > 0 && state.bytes + added > self.queue.budget)
+            {
                 return Err(QueueFull);
             }
             state.frames.extend(frames.iter().cloned());
+            self.queue.grow(&mut state, added);
         }
         self.queue.ready.notify_one();
         Ok(())
+    }
+
+    /// Queues the answer to one of the connection's own requests: never
+    /// refused for the queue's bounds (the session waits in
+    /// [`Outbox::room_for_answers`] before reading the next request), only
+    /// once the connection is closing.
+    pub fn answer(&self, frame: &ServerFrame) -> Result<(), QueueFull> {
+        let bytes = match encode_to_bytes(frame) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // Our own frame types always encode; log rather than panic.
+                tracing::error!(error = %e, "cannot encode a server frame");
+                return Ok(());
+            }
+        };
+        {
+            let mut state = self.queue.lock();
+            if state.closed {
+                return Err(QueueFull);
+            }
+            let added = bytes.len();
+            state.frames.push_back(bytes);
+            self.queue.grow(&mut state, added);
+        }
+        self.queue.ready.notify_one();
+        Ok(())
+    }
+
+    /// Waits until the queue holds at most half of its frame and byte bounds
+    /// (or is closing): a session calls it before reading a request, so the
+    /// answers it queues stay bounded however many requests a client
+    /// pipelines without reading.
+    pub async fn room_for_answers(&self) {
+        loop {
+            {
+                let mut state = self.queue.lock();
+                if state.has_room_for_answers(&self.queue) {
+                    return;
+                }
+                state.answers_waiting = true;
+            }
+            // `notify_one` keeps a permit for a waiter that is not polled
+            // yet, so a wake-up between the check and here is not lost.
+            self.queue.drained.notified().await;
+        }
+    }
+
+    /// Bytes queued now (and taken by the writer but not written yet).
+    pub fn queued_bytes(&self) -> usize {
+        self.queue.lock().bytes
     }
 
     /// Sends a final frame ahead of whatever is queued (which is dropped: a
@@ -199,12 +379,15 @@ impl Outbox {
             }
             state.closed = true;
             state.last = Some(bytes);
+            let dropped = total_len(&state.frames);
             state.frames = VecDeque::new();
+            self.queue.shrink(&mut state, dropped);
+            self.queue.drained.notify_one();
         }
         self.queue.ready.notify_one();
     }
 
-    /// Encodes and queues one frame.
+    /// Encodes and queues one event.
     pub fn send(&self, frame: &ServerFrame) -> Result<(), QueueFull> {
         match encode_to_bytes(frame) {
             Ok(bytes) => self.push(bytes),
@@ -234,10 +417,14 @@ pub struct Frames {
     queue: Arc<Queue>,
     /// Frames taken off the queue in one go, in order.
     spare: VecDeque<Bytes>,
+    /// Bytes of `spare` still counted in the queue's `bytes`.
+    taken_bytes: usize,
 }
 
 impl Frames {
     /// Waits for what there is to write; frames land in [`Frames::taken`].
+    /// Their bytes count against the queue's budget until
+    /// [`Frames::written`] says they are gone.
     pub async fn next(&mut self) -> Next {
         if !self.spare.is_empty() {
             return Next::Frames;
@@ -245,12 +432,17 @@ impl Frames {
         loop {
             {
                 let mut state = self.queue.lock();
+                if self.taken_bytes > 0 {
+                    let written = std::mem::take(&mut self.taken_bytes);
+                    self.queue.shrink(&mut state, written);
+                }
                 if let Some(last) = state.last.take() {
                     return Next::Last(last);
                 }
                 if !state.frames.is_empty() {
                     // Swap whole buffers: the lock is held for a moment only.
                     std::mem::swap(&mut state.frames, &mut self.spare);
+                    self.taken_bytes = total_len(&self.spare);
                     return Next::Frames;
                 }
                 if state.senders == 0 || state.closed {
@@ -273,11 +465,33 @@ impl Frames {
         &mut self.spare
     }
 
+    /// Says that every frame [`Frames::taken`] held was written: their bytes
+    /// leave the queue's budget (a session waiting for room may read on).
+    pub fn written(&mut self) {
+        if self.taken_bytes > 0 {
+            let written = std::mem::take(&mut self.taken_bytes);
+            let mut state = self.queue.lock();
+            self.queue.shrink(&mut state, written);
+        }
+    }
+
+    /// Takes the front frame of `spare`, out of the budget.
+    fn pop(&mut self) -> Option<Bytes> {
+        let frame = self.spare.pop_front()?;
+        let len = frame.len().min(self.taken_bytes);
+        if len > 0 {
+            self.taken_bytes -= len;
+            let mut state = self.queue.lock();
+            self.queue.shrink(&mut state, len);
+        }
+        Some(frame)
+    }
+
     /// One frame, waiting for it; `None` once every outbox is gone or the
     /// last word was given (which this returns first).
     pub async fn recv(&mut self) -> Option<Bytes> {
         loop {
-            if let Some(frame) = self.spare.pop_front() {
+            if let Some(frame) = self.pop() {
                 return Some(frame);
             }
             match self.next().await {
@@ -290,13 +504,14 @@ impl Frames {
 
     /// One frame if one is queued.
     pub fn try_recv(&mut self) -> Option<Bytes> {
-        if let Some(frame) = self.spare.pop_front() {
+        if let Some(frame) = self.pop() {
             return Some(frame);
         }
         let mut state = self.queue.lock();
         std::mem::swap(&mut state.frames, &mut self.spare);
+        self.taken_bytes += total_len(&self.spare);
         drop(state);
-        self.spare.pop_front()
+        self.pop()
     }
 }
 
@@ -304,7 +519,12 @@ impl Drop for Frames {
     fn drop(&mut self) {
         let mut state = self.queue.lock();
         state.closed = true;
+        let dropped = total_len(&state.frames) + self.taken_bytes;
         state.frames = VecDeque::new();
+        self.queue.shrink(&mut state, dropped);
+        drop(state);
+        // A session waiting for room reads on (and finds the queue closed).
+        self.queue.drained.notify_one();
     }
 }
 
@@ -349,12 +569,14 @@ const SMALL_QUEUE: usize = 16;
 pub fn spawn_writer<W>(
     mut wr: W,
     capacity: usize,
+    budget: usize,
+    stats: Arc<QueueStats>,
     tracker: &tokio_util::task::TaskTracker,
 ) -> (Outbox, tokio::task::JoinHandle<()>)
 where
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (outbox, mut frames) = Outbox::new(capacity);
+    let (outbox, mut frames) = Outbox::bounded(capacity, budget, stats);
     let handle = tracker.spawn(async move {
         loop {
             match frames.next().await {
@@ -369,6 +591,7 @@ where
             if write_frames(&mut wr, frames.taken()).await.is_err() || wr.flush().await.is_err() {
                 return;
             }
+            frames.written();
         }
         // Best effort: sends TLS close_notify and FIN.
         let _ = wr.shutdown().await;
@@ -449,6 +672,73 @@ mod tests {
         assert_eq!(frames.try_recv(), None);
     }
 
+    /// An answer of about `len` bytes (a `Pong` for 0).
+    fn answer(len: usize) -> ServerFrame {
+        if len == 0 {
+            return ServerFrame::Response { id: RequestId(1), body: conclave_proto::Response::Pong };
+        }
+        let error = conclave_proto::ErrorBody::new(conclave_proto::ErrorCode::INTERNAL, "x".repeat(len));
+        ServerFrame::Error { id: Some(RequestId(1)), error }
+    }
+
+    #[tokio::test]
+    async fn events_past_the_byte_budget_are_refused_but_one_large_one_fits_an_empty_queue() {
+        let stats = Arc::new(QueueStats::default());
+        let (outbox, mut frames) = Outbox::bounded(100, 1_000, stats.clone());
+        let big = Bytes::from(vec![1; 1_500]);
+        outbox.push(big.clone()).unwrap();
+        assert!(outbox.push(frame(2)).is_err(), "nothing fits behind a frame over the budget");
+        assert_eq!(frames.recv().await, Some(big));
+        assert_eq!((outbox.queued_bytes(), stats.queued_bytes()), (0, 0));
+        outbox.push(Bytes::from(vec![3; 600])).unwrap();
+        assert!(outbox.push(Bytes::from(vec![4; 401])).is_err(), "601 + 401 > 1,000");
+        outbox.push(Bytes::from(vec![4; 400])).unwrap();
+        assert_eq!(stats.queued_bytes(), 1_000);
+        assert_eq!(stats.peak_queued_bytes(), 1_500);
+        // Answers are never refused for the budget...
+        outbox.answer(&answer(2_000)).unwrap();
+        assert!(outbox.queued_bytes() > 3_000);
+        // ...and what the writer takes counts until it says it was written.
+        assert!(matches!(frames.next().await, Next::Frames));
+        assert!(outbox.queued_bytes() > 3_000);
+        frames.taken().clear();
+        frames.written();
+        assert_eq!((outbox.queued_bytes(), stats.queued_bytes()), (0, 0));
+        drop(frames);
+        assert!(outbox.answer(&answer(0)).is_err(), "a closed queue takes no answer");
+    }
+
+    #[tokio::test]
+    async fn answers_wait_for_room_until_the_writer_drains_half() {
+        let (outbox, mut frames) = Outbox::bounded(1_000, 4_000, Arc::default());
+        outbox.room_for_answers().await;
+        outbox.answer(&answer(3_000)).unwrap();
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.room_for_answers().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "3,000 of 4,000 bytes queued: over half, the reader waits");
+        assert!(matches!(frames.next().await, Next::Frames));
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "taken but not written yet still counts");
+        frames.written();
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.unwrap().unwrap();
+
+        // Too many frames, however small, make it wait too; closing wakes it.
+        for _ in 0..501 {
+            outbox.answer(&answer(0)).unwrap();
+        }
+        let waiting = tokio::spawn({
+            let outbox = outbox.clone();
+            async move { outbox.room_for_answers().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "501 of 1,000 frames queued");
+        drop(frames);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiting).await.unwrap().unwrap();
+    }
+
     #[tokio::test]
     async fn a_gone_receiver_refuses_frames() {
         let (outbox, frames) = Outbox::new(8);
@@ -460,7 +750,7 @@ mod tests {
     async fn the_writer_writes_everything_queued_then_closes() {
         let (client, server) = tokio::io::duplex(1 << 20);
         let tracker = tokio_util::task::TaskTracker::new();
-        let (outbox, writer) = spawn_writer(server, 10_000, &tracker);
+        let (outbox, writer) = spawn_writer(server, 10_000, usize::MAX, Arc::default(), &tracker);
         let mut expected = Vec::new();
         for n in 0..5_000u32 {
             let bytes = Bytes::from(n.to_le_bytes().repeat(5));

@@ -28,6 +28,7 @@ mod limits;
 mod log_writer;
 pub mod mls;
 pub mod password;
+mod repeated;
 mod rooms;
 mod server;
 mod session;
@@ -39,6 +40,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 pub use config::{Config, RegistrationPolicy, TlsSource};
+pub use conn::QueueStats;
 pub use server::{create_invite, Server, ServerError};
 
 /// State shared by every connection task.
@@ -55,4 +57,10 @@ pub(crate) struct Shared {
     log_writer: log_writer::LogWriter,
     per_address: Arc<limits::PerAddress>,
     message_rates: limits::Keyed<store::UserId>,
+    /// Bytes queued for the connections.
+    queue_stats: Arc<conn::QueueStats>,
+    /// Repeated per-peer warnings, logged once and then counted.
+    warnings: repeated::Repeated<(repeated::Warning, std::net::IpAddr)>,
+    /// Refused connections being told why (TLS handshake, error frame).
+    refusals: Arc<tokio::sync::Semaphore>,
 }

@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 /// A token bucket: `rate` tokens a second, holding at most `burst`.
 #[derive(Debug, Clone)]
@@ -38,10 +40,61 @@ impl RateLimit {
     }
 }
 
-/// Open connections per source address.
+/// Open connections per source address, and of them those that have not
+/// authenticated yet.
+///
+/// An address may hold `max` connections, of which at most `max_waiting`
+/// unauthenticated (in the TLS handshake, or between `Hello` and
+/// authentication). A connection counts as unauthenticated from accept until
+/// it authenticates ([`Waiting`] dropped). When an address is at its
+/// unauthenticated cap, a new connection closes the address's oldest
+/// unauthenticated one if that one is older than `grace` (a real client
+/// authenticates in milliseconds; one that sits there is the likelier
+/// attacker), and is refused otherwise. So connections that never sign in
+/// cannot keep the users behind the same address (a NAT, an office) out.
 #[derive(Default)]
 pub struct PerAddress {
-    open: Mutex<HashMap<IpAddr, usize>>,
+    open: Mutex<HashMap<IpAddr, Address>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Default)]
+struct Address {
+    open: usize,
+    /// Unauthenticated connections, oldest first.
+    waiting: std::collections::VecDeque<WaitingEntry>,
+}
+
+struct WaitingEntry {
+    id: u64,
+    since: Instant,
+    evict: CancellationToken,
+}
+
+/// The caps [`PerAddress::admit`] applies.
+#[derive(Debug, Clone, Copy)]
+pub struct AddressCaps {
+    /// Connections from one address.
+    pub max: usize,
+    /// Unauthenticated connections from one address.
+    pub max_waiting: usize,
+    /// Age past which an unauthenticated connection may be closed to make room.
+    pub grace: Duration,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The address holds `max` connections.
+    TooMany {
+        /// The cap.
+        max: usize,
+    },
+    /// The address holds `max` unauthenticated connections, all younger than the grace.
+    TooManyWaiting {
+        /// The cap.
+        max: usize,
+    },
 }
 
 /// Holds one of an address's connection slots until dropped.
@@ -50,25 +103,81 @@ pub struct AddressSlot {
     ip: IpAddr,
 }
 
+/// Counts a connection as unauthenticated until dropped (it authenticated,
+/// or closed).
+pub struct Waiting {
+    table: Arc<PerAddress>,
+    ip: IpAddr,
+    id: u64,
+    /// Cancelled when a newer connection from the address takes this one's place.
+    pub evicted: CancellationToken,
+}
+
 impl PerAddress {
-    /// Takes a slot for `ip`, unless it already has `max` connections open.
-    pub fn try_acquire(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<AddressSlot> {
-        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let count = open.entry(ip).or_insert(0);
-        if *count >= max {
-            return None;
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Address>> {
+        // Every change under this lock is a counter or a list operation that
+        // cannot panic half-way; a poisoned lock is used as is.
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Admits a connection from `ip` as unauthenticated, or says why not.
+    /// Closing an older connection to make room cancels its
+    /// [`Waiting::evicted`] token.
+    pub fn admit(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        caps: AddressCaps,
+        now: Instant,
+    ) -> Result<(AddressSlot, Waiting), Refusal> {
+        let mut open = self.lock();
+        let entry = open.entry(ip).or_default();
+        if entry.open >= caps.max {
+            return Err(Refusal::TooMany { max: caps.max });
         }
-        *count += 1;
-        Some(AddressSlot { table: self.clone(), ip })
+        if entry.waiting.len() >= caps.max_waiting.max(1) {
+            match entry.waiting.front() {
+                Some(oldest) if now.saturating_duration_since(oldest.since) >= caps.grace => {
+                    if let Some(oldest) = entry.waiting.pop_front() {
+                        oldest.evict.cancel();
+                    }
+                }
+                _ => {
+                    if entry.open == 0 {
+                        open.remove(&ip);
+                    }
+                    return Err(Refusal::TooManyWaiting { max: caps.max_waiting });
+                }
+            }
+        }
+        entry.open += 1;
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let evicted = CancellationToken::new();
+        entry.waiting.push_back(WaitingEntry { id, since: now, evict: evicted.clone() });
+        Ok((AddressSlot { table: self.clone(), ip }, Waiting { table: self.clone(), ip, id, evicted }))
     }
 }
 
 impl Drop for AddressSlot {
     fn drop(&mut self) {
-        let mut open = self.table.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = open.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
+        let mut open = self.table.lock();
+        if let Some(entry) = open.get_mut(&self.ip) {
+            entry.open = entry.open.saturating_sub(1);
+            if entry.open == 0 && entry.waiting.is_empty() {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let mut open = self.table.lock();
+        if let Some(entry) = open.get_mut(&self.ip) {
+            // Gone already if it was evicted.
+            if let Some(at) = entry.waiting.iter().position(|w| w.id == self.id) {
+                entry.waiting.remove(at);
+            }
+            if entry.open == 0 && entry.waiting.is_empty() {
                 open.remove(&self.ip);
             }
         }
@@ -108,15 +217,50 @@ mod tests {
         assert_eq!((0..25).filter(|_| r.allow(t0 + Duration::from_millis(500))).count(), 5);
     }
 
+    const CAPS: AddressCaps = AddressCaps { max: 10, max_waiting: 2, grace: Duration::from_secs(1) };
+
     #[test]
     fn address_slots_are_counted_and_released() {
         let table = Arc::new(PerAddress::default());
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let a = table.try_acquire(ip, 2).unwrap();
-        let _b = table.try_acquire(ip, 2).unwrap();
-        assert!(table.try_acquire(ip, 2).is_none());
-        assert!(table.try_acquire("127.0.0.2".parse().unwrap(), 2).is_some());
+        let caps = AddressCaps { max_waiting: 10, max: 2, ..CAPS };
+        let t0 = Instant::now();
+        let a = table.admit(ip, caps, t0).unwrap();
+        let _b = table.admit(ip, caps, t0).unwrap();
+        assert_eq!(table.admit(ip, caps, t0).err(), Some(Refusal::TooMany { max: 2 }));
+        assert!(table.admit("127.0.0.2".parse().unwrap(), caps, t0).is_ok());
         drop(a);
-        assert!(table.try_acquire(ip, 2).is_some());
+        assert!(table.admit(ip, caps, t0).is_ok());
+        assert!(
+            table.lock().get(&"127.0.0.2".parse().unwrap()).is_none(),
+            "an address with nothing open is forgotten"
+        );
+    }
+
+    #[test]
+    fn unauthenticated_connections_have_their_own_cap_and_the_oldest_makes_room() {
+        let table = Arc::new(PerAddress::default());
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let t0 = Instant::now();
+        let (_slot_a, a) = table.admit(ip, CAPS, t0).unwrap();
+        let (_slot_b, b) = table.admit(ip, CAPS, t0 + Duration::from_millis(100)).unwrap();
+        // Both young: refused.
+        let early = t0 + Duration::from_millis(500);
+        assert_eq!(table.admit(ip, CAPS, early).err(), Some(Refusal::TooManyWaiting { max: 2 }));
+        // Authenticated connections do not count against it.
+        drop(b);
+        let (_slot_c, c) = table.admit(ip, CAPS, early).unwrap();
+        // The oldest, past the grace, makes room for a newcomer.
+        let late = t0 + Duration::from_millis(1_200);
+        let (_slot_d, _d) = table.admit(ip, CAPS, late).unwrap();
+        assert!(a.evicted.is_cancelled());
+        assert!(!c.evicted.is_cancelled());
+        drop(a);
+        // c (0.5 s) and d (1.2 s) are young at 1.3 s: refused.
+        let refused = table.admit(ip, CAPS, t0 + Duration::from_millis(1_300));
+        assert_eq!(refused.err(), Some(Refusal::TooManyWaiting { max: 2 }));
+        // Once both are past the grace, c (the oldest) makes room.
+        let (_slot_e, _e) = table.admit(ip, CAPS, t0 + Duration::from_secs(3)).unwrap();
+        assert!(c.evicted.is_cancelled());
     }
 }

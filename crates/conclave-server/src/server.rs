@@ -1,21 +1,34 @@
 //! Binding the listeners and the accept loop.
 //!
 //! `run` accepts on every listener until `shutdown` is cancelled. Each
-//! accepted connection takes a permit from the connection cap (closed at once
-//! when none is left) and is served by its own tracked task; on shutdown the
-//! sessions are told and the loop waits for them, bounded.
+//! accepted connection takes a permit from the connection cap and a slot of
+//! its address (in all, and as not yet authenticated), and is served by its
+//! own tracked task; on shutdown the sessions are told and the loop waits for
+//! them, bounded.
+//!
+//! A connection refused for a limit is told why: the server completes its
+//! TLS handshake and sends one error frame naming the limit, then closes
+//! (docs/PROTOCOL.md §1.4). At most [`MAX_REFUSALS`] such refusals run at
+//! once, each bounded by [`REFUSAL_TIMEOUT`]; past that a refused connection
+//! is closed on accept, and the client's library says that the server closed
+//! the connection during the handshake. Refusals are logged once per kind
+//! and address and then counted ([`crate::repeated`]).
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use conclave_proto::{encode_to_bytes, ErrorBody, ErrorCode, ServerFrame};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, TlsSource};
+use crate::limits::{AddressCaps, Refusal};
+use crate::repeated::{self, Repeated, Warning};
 use crate::session::{self, ActiveGuard};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
@@ -24,6 +37,17 @@ use crate::{password, throttle, Shared};
 
 /// How long shutdown waits for sessions to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Refused connections told why at once (each costs a TLS handshake);
+/// further ones are closed on accept.
+pub const MAX_REFUSALS: usize = 64;
+
+/// Time a refused connection has for its TLS handshake and for reading the
+/// error frame.
+pub const REFUSAL_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often the ended windows of repeated warnings are summed up in the log.
+const WARNING_FLUSH: Duration = Duration::from_secs(5);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +122,9 @@ impl Server {
             hasher,
             active: AtomicUsize::new(0),
             tracker: TaskTracker::new(),
+            queue_stats: Default::default(),
+            warnings: Repeated::new(repeated::WINDOW, repeated::MAX_PEERS),
+            refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
         });
         Ok(Self { listeners, fingerprint: identity.fingerprint(), shared })
     }
@@ -110,6 +137,12 @@ impl Server {
     /// `SHA256:<hex>` of the server certificate.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
+    }
+
+    /// Bytes queued for this server's connections: now in all, and the most
+    /// one connection has held (stays valid after [`Server::run`] starts).
+    pub fn queue_stats(&self) -> Arc<crate::QueueStats> {
+        self.shared.queue_stats.clone()
     }
 
     /// The state its sessions share (for `crate::bench_support`).
@@ -128,6 +161,18 @@ impl Server {
             let shutdown = shutdown.clone();
             tracker.spawn(accept_loop(listener, shared, limit, shutdown));
         }
+        let shared = self.shared.clone();
+        let stop = shutdown.clone();
+        tracker.spawn(async move {
+            let mut tick = tokio::time::interval(WARNING_FLUSH);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                repeated::log_summaries(shared.warnings.flush(std::time::Instant::now()));
+            }
+        });
         shutdown.cancelled().await;
         // Sessions see the same token and close; rooms finish what is queued.
         self.shared.rooms.close_all().await;
@@ -160,7 +205,7 @@ impl Server {
         let deadline = tokio::time::Instant::now() + self.shared.config.handshake_timeout;
         let info = session::ConnInfo { peer, nonce, exporter };
         let (rd, wr) = tokio::io::split(stream);
-        session::run(self.shared.clone(), rd, wr, info, deadline, CancellationToken::new()).await;
+        session::run(self.shared.clone(), rd, wr, info, None, deadline, CancellationToken::new()).await;
     }
 }
 
@@ -183,16 +228,44 @@ async fn accept_loop(
                 }
             },
         };
+        let config = &shared.config;
         let Ok(permit) = limit.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, max = shared.config.max_connections, "connection refused: server full");
-            drop(tcp);
+            let max = config.max_connections;
+            let why = format!(
+                "the server is full: it holds its most connections ({max}, --max-connections); try again later"
+            );
+            refuse(&shared, tcp, peer, Warning::ServerFull, ErrorBody::new(ErrorCode::SERVER_FULL, why));
             continue;
         };
-        let Some(slot) = shared.per_address.try_acquire(peer.ip(), shared.config.max_connections_per_address)
-        else {
-            tracing::warn!(%peer, max = shared.config.max_connections_per_address, "connection refused: too many from this address");
-            drop(tcp);
-            continue;
+        let caps = AddressCaps {
+            max: config.max_connections_per_address,
+            max_waiting: config.max_unauthenticated_per_address,
+            grace: config.unauthenticated_grace,
+        };
+        let (slot, waiting) = match shared.per_address.admit(peer.ip(), caps, std::time::Instant::now()) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                let ip = peer.ip();
+                let (kind, why) = match refusal {
+                    Refusal::TooMany { max } => (
+                        Warning::TooManyFromAddress,
+                        format!(
+                            "too many connections from {ip}: at most {max} at once \
+                             (--max-connections-per-address); close some, or try again later"
+                        ),
+                    ),
+                    Refusal::TooManyWaiting { max } => (
+                        Warning::TooManyUnauthenticated,
+                        format!(
+                            "too many connections from {ip} that have not signed in yet: at most {max} at once \
+                             (--max-unauthenticated-per-address); try again in a few seconds"
+                        ),
+                    ),
+                };
+                drop(permit);
+                refuse(&shared, tcp, peer, kind, ErrorBody::new(ErrorCode::TOO_MANY_CONNECTIONS, why));
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let shared2 = shared.clone();
@@ -201,9 +274,39 @@ async fn accept_loop(
             let _permit = permit;
             let _slot = slot;
             let _active = ActiveGuard::new(shared2.clone(), peer);
-            session::serve(shared2, tcp, peer, shutdown).await;
+            session::serve(shared2, tcp, peer, waiting, shutdown).await;
         });
     }
+}
+
+/// Refuses a connection for a limit: logs it (once per kind and address,
+/// then counted), and tells the client why if a refusal slot is free: TLS
+/// handshake, one error frame, close. Otherwise closes it at once.
+fn refuse(shared: &Arc<Shared>, tcp: TcpStream, peer: SocketAddr, kind: Warning, error: ErrorBody) {
+    repeated::note(&shared.warnings, kind, peer, &error.message);
+    let Ok(permit) = shared.refusals.clone().try_acquire_owned() else {
+        drop(tcp);
+        return;
+    };
+    let acceptor = shared.acceptor.clone();
+    shared.tracker.spawn(async move {
+        let _permit = permit;
+        let _ = tokio::time::timeout(REFUSAL_TIMEOUT, tell_and_close(acceptor, tcp, error)).await;
+    });
+}
+
+/// Completes the TLS handshake, sends `error` as the connection's only
+/// frame, closes the sending side and reads what the client still sends
+/// until it closes, so that it sees the frame rather than a reset.
+async fn tell_and_close(acceptor: tokio_rustls::TlsAcceptor, tcp: TcpStream, error: ErrorBody) {
+    let _ = tcp.set_nodelay(true);
+    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+    let Ok(frame) = encode_to_bytes(&ServerFrame::Error { id: None, error }) else { return };
+    if tls.write_all(&frame).await.is_err() || tls.flush().await.is_err() {
+        return;
+    }
+    let _ = tls.shutdown().await;
+    crate::conn::linger(&mut tls, crate::conn::LINGER_BYTES).await;
 }
 
 fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, ServerError> {

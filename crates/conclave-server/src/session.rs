@@ -7,11 +7,22 @@
 //! ```
 //!
 //! The whole climb to `Ready` (TLS handshake included) must finish before the
-//! handshake deadline or the connection is closed. A request not allowed in
-//! the current state is answered with `unexpected_frame`; a frame that does
-//! not decode or is too large is answered with an error, then the connection
-//! is closed. All requests pass through [`Session::dispatch`], the one
-//! request table, which checks each one's precondition once.
+//! handshake deadline or the connection is closed. Until `Ready` the
+//! connection also counts against its address's cap of unauthenticated
+//! connections, and may be closed to make room for a newer one
+//! ([`crate::limits::PerAddress`]). A request not allowed in the current
+//! state is answered with `unexpected_frame`; a frame that does not decode or
+//! is too large is answered with an error, then the connection is closed.
+//! All requests pass through [`Session::dispatch`], the one request table,
+//! which checks each one's precondition once.
+//!
+//! Every close the server decides on goes out as an error frame first (its
+//! last word), is logged once, and is followed by a short linger that reads
+//! what the client still sends, so that the client sees the frame rather
+//! than a reset. Before reading each request the session waits until the
+//! connection's queued answers are under half its outbound bounds
+//! ([`Outbox::room_for_answers`]): a client that pipelines requests without
+//! reading stops being read.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -30,6 +41,8 @@ use tokio_util::sync::CancellationToken;
 use crate::conn::{spawn_writer, FrameReader, Outbox, ReadError};
 use crate::handlers;
 use crate::hub::{ConnId, SessionHandle};
+use crate::limits::Waiting;
+use crate::repeated::{self, Warning};
 use crate::rooms::RoomCmd;
 use crate::store::DeviceAccount;
 use crate::Shared;
@@ -74,7 +87,16 @@ struct Session {
     requests: crate::limits::RateLimit,
     /// Sends of this connection accepted but not yet answered.
     in_flight: Arc<tokio::sync::Semaphore>,
+    /// Counts this connection against its address's unauthenticated cap,
+    /// until it authenticates.
+    waiting: Option<Waiting>,
+    /// The session gave its last word (an error frame) and is closing.
+    closing: bool,
 }
+
+/// How long a closing connection reads what its client still sends
+/// (at most [`crate::conn::LINGER_BYTES`]).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Sends one connection may have in flight: past this, the session stops
 /// reading until the room has stored some (TCP pushes back on the client).
@@ -82,15 +104,22 @@ pub const MAX_SENDS_IN_FLIGHT: usize = 1024;
 
 type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
 
-/// Serves one accepted TCP connection until it closes.
-pub async fn serve(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, shutdown: CancellationToken) {
+/// Serves one accepted TCP connection until it closes. `waiting` counts it
+/// as unauthenticated until it authenticates.
+pub async fn serve(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    waiting: Waiting,
+    shutdown: CancellationToken,
+) {
     let deadline = Instant::now() + shared.config.handshake_timeout;
     // Boxed: a connection in mid-handshake is large and short-lived; the
     // future an idle connection keeps for its whole life does not make room
     // for it (BENCHMARKS.md, memory).
-    let handshake = Box::pin(handshake(&shared, tcp, peer, deadline));
+    let handshake = Box::pin(handshake(&shared, tcp, peer, deadline, &waiting));
     let Some((rd, wr, info)) = handshake.await else { return };
-    run(shared, rd, wr, info, deadline, shutdown).await;
+    run(shared, rd, wr, info, Some(waiting), deadline, shutdown).await;
 }
 
 /// The TLS handshake, bounded by `deadline`: the stream's two halves, and
@@ -100,15 +129,35 @@ async fn handshake(
     tcp: TcpStream,
     peer: SocketAddr,
     deadline: Instant,
+    waiting: &Waiting,
 ) -> Option<(ReadHalf<TlsStream>, WriteHalf<TlsStream>, ConnInfo)> {
-    let tls = match timeout_at(deadline, shared.acceptor.accept(tcp)).await {
+    let accept = tokio::select! {
+        accepted = timeout_at(deadline, shared.acceptor.accept(tcp)) => accepted,
+        _ = waiting.evicted.cancelled() => {
+            // No TLS yet, so no frame can tell it; counted in the log.
+            repeated::note(&shared.warnings, Warning::Evicted, peer,
+                "closed a connection still in its TLS handshake to make room for a newer one from its address");
+            return None;
+        }
+    };
+    let tls = match accept {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
-            tracing::info!(%peer, error = %e, "TLS handshake failed");
+            repeated::note(
+                &shared.warnings,
+                Warning::TlsHandshake,
+                peer,
+                &format!("TLS handshake failed: {e}"),
+            );
             return None;
         }
         Err(_) => {
-            tracing::info!(%peer, "TLS handshake did not finish in time");
+            repeated::note(
+                &shared.warnings,
+                Warning::TlsHandshake,
+                peer,
+                "TLS handshake did not finish in time",
+            );
             return None;
         }
     };
@@ -131,6 +180,7 @@ pub async fn run<R, W>(
     rd: R,
     wr: W,
     info: ConnInfo,
+    waiting: Option<Waiting>,
     deadline: Instant,
     shutdown: CancellationToken,
 ) where
@@ -138,7 +188,14 @@ pub async fn run<R, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let peer = info.peer;
-    let (outbox, writer) = spawn_writer(wr, shared.config.outbound_queue, &shared.tracker);
+    let config = &shared.config;
+    let (outbox, writer) = spawn_writer(
+        wr,
+        config.outbound_queue,
+        config.outbound_bytes,
+        shared.queue_stats.clone(),
+        &shared.tracker,
+    );
     let mut reader = FrameReader::new(rd, shared.config.max_frame_len);
     let mut session = Session {
         shared: shared.clone(),
@@ -149,6 +206,8 @@ pub async fn run<R, W>(
         subscribed: None,
         requests: crate::limits::RateLimit::new(shared.config.requests_per_second, std::time::Instant::now()),
         in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_SENDS_IN_FLIGHT)),
+        waiting,
+        closing: false,
     };
     let mut state = State::AwaitingHello;
     // Until `Ready`, the climb is bounded by the deadline; boxed so that an
@@ -156,35 +215,65 @@ pub async fn run<R, W>(
     let mut climb = Some(Box::pin(tokio::time::sleep_until(deadline)));
 
     loop {
-        let deadline_passed = async {
-            match climb.as_mut() {
-                Some(sleep) => sleep.await,
-                None => std::future::pending().await,
+        // Until `Ready`: the deadline, or a newer connection from the same
+        // address taking this one's unauthenticated slot.
+        let climbing = async {
+            match (climb.as_mut(), &session.waiting) {
+                (Some(sleep), Some(waiting)) => tokio::select! {
+                    _ = sleep => Climb::Deadline,
+                    _ = waiting.evicted.cancelled() => Climb::Evicted,
+                },
+                (Some(sleep), None) => {
+                    sleep.await;
+                    Climb::Deadline
+                }
+                (None, _) => std::future::pending().await,
             }
         };
+        let outbox = &session.outbox;
         let next = tokio::select! {
             // The kick token is a child of the shutdown token: one waiter for both.
             _ = session.kick.cancelled() => {
                 if shutdown.is_cancelled() {
                     session.close_with(ErrorBody::new(ErrorCode::SHUTTING_DOWN, "server shutting down; reconnect later"));
                 } else {
-                    tracing::info!(%peer, "slow consumer disconnected");
-                    session.close_with(ErrorBody::new(
-                        ErrorCode::SLOW_CONSUMER,
-                        "this connection fell too far behind; reconnect and sync from the log",
-                    ));
+                    let (frames, bytes) = (config.outbound_queue, config.outbound_bytes);
+                    let message = format!(
+                        "this connection fell too far behind: more than {frames} frames or {bytes} bytes of \
+                         events were waiting for it (--outbound-queue, --outbound-bytes); reconnect and sync from the log"
+                    );
+                    repeated::note(&shared.warnings, Warning::SlowConsumer, peer, &message);
+                    session.close_with(ErrorBody::new(ErrorCode::SLOW_CONSUMER, message));
                 }
                 break;
             }
-            _ = deadline_passed => {
-                tracing::info!(%peer, "handshake deadline passed");
-                session.close_with(ErrorBody::new(
-                    ErrorCode::HANDSHAKE_TIMEOUT,
-                    "too slow: Hello and authentication must finish within the handshake deadline",
-                ));
+            why = climbing => {
+                let error = match why {
+                    Climb::Deadline => {
+                        let secs = config.handshake_timeout.as_secs();
+                        let message = format!(
+                            "too slow: Hello and authentication must finish within {secs} s of connecting \
+                             (--handshake-timeout)"
+                        );
+                        repeated::note(&shared.warnings, Warning::HandshakeDeadline, peer, &message);
+                        ErrorBody::new(ErrorCode::HANDSHAKE_TIMEOUT, message)
+                    }
+                    Climb::Evicted => {
+                        let max = config.max_unauthenticated_per_address;
+                        let message = format!(
+                            "closed to make room: {max} connections from {} had not signed in yet, the most \
+                             allowed (--max-unauthenticated-per-address), and this was the oldest; reconnect and \
+                             sign in promptly", peer.ip()
+                        );
+                        repeated::note(&shared.warnings, Warning::Evicted, peer, &message);
+                        ErrorBody::new(ErrorCode::TOO_MANY_CONNECTIONS, message)
+                    }
+                };
+                session.close_with(error);
                 break;
             }
-            next = reader.next() => next,
+            // Backpressure: no new request while its answers would pile up.
+            next = async { outbox.room_for_answers().await; reader.next().await } => next,
         };
         let frame = match next {
             Ok(Some(frame)) => frame,
@@ -193,7 +282,9 @@ pub async fn run<R, W>(
                 tracing::info!(%peer, len, max, "frame too large");
                 session.close_with(ErrorBody::new(
                     ErrorCode::FRAME_TOO_LARGE,
-                    format!("frame of {len} bytes exceeds this server's limit of {max} bytes"),
+                    format!(
+                        "frame of {len} bytes exceeds this server's limit of {max} bytes (--max-frame-bytes)"
+                    ),
                 ));
                 break;
             }
@@ -214,6 +305,8 @@ pub async fn run<R, W>(
             Flow::Continue(next) => {
                 if matches!(next, State::Ready(_)) {
                     climb = None;
+                    // Authenticated: no longer counts as waiting to sign in.
+                    session.waiting = None;
                 }
                 state = next;
             }
@@ -228,13 +321,30 @@ pub async fn run<R, W>(
     }
     let unsubscribe = Box::pin(session.unsubscribe());
     unsubscribe.await;
+    let closing = session.closing;
     drop(session);
     // Let the writer flush what is queued (the error frame, say), bounded.
     let abort = writer.abort_handle();
     if tokio::time::timeout(std::time::Duration::from_secs(5), writer).await.is_err() {
         // A peer that does not read must not keep its socket past its permit.
         abort.abort();
+        return;
     }
+    if closing {
+        // The client may still be writing (an oversized frame, requests
+        // after the close): read it briefly, so that the close is not a
+        // reset that would destroy the error frame on its way.
+        let linger = Box::pin(reader.linger(crate::conn::LINGER_BYTES));
+        let _ = tokio::time::timeout(LINGER, linger).await;
+    }
+}
+
+/// Why the climb to `Ready` ended early.
+enum Climb {
+    /// The handshake deadline passed.
+    Deadline,
+    /// A newer connection from the address took this one's place.
+    Evicted,
 }
 
 impl Session {
@@ -347,16 +457,15 @@ impl Session {
         let Ok(permit) = self.in_flight.clone().acquire_owned().await else { return false };
         match handlers::rooms::start_send(&self.shared, a, &room, client_msg_id, ciphertext).await {
             Ok(stored) => {
-                let (outbox, kick) = (self.outbox.clone(), self.kick.clone());
+                let outbox = self.outbox.clone();
                 self.shared.tracker.spawn(async move {
                     let frame = match stored.await {
                         Ok(body) => ServerFrame::Response { id, body },
                         Err(error) => ServerFrame::Error { id: Some(id), error },
                     };
-                    if outbox.send(&frame).is_err() {
-                        // The client is not reading its answers.
-                        kick.cancel();
-                    }
+                    // Refused only once the connection is closing; the
+                    // session's reads wait for room (backpressure).
+                    let _ = outbox.answer(&frame);
                     drop(permit);
                 });
                 true
@@ -366,16 +475,18 @@ impl Session {
     }
 
     /// Queues a connection-level error; the caller then closes.
-    fn close_with(&self, error: ErrorBody) {
+    fn close_with(&mut self, error: ErrorBody) {
+        self.closing = true;
         self.outbox.close_with(&ServerFrame::Error { id: None, error });
     }
 
+    /// Queues an answer; false once the connection is closing.
     fn reply(&self, id: RequestId, result: Result<Response, ErrorBody>) -> bool {
         let frame = match result {
             Ok(body) => ServerFrame::Response { id, body },
             Err(error) => ServerFrame::Error { id: Some(id), error },
         };
-        self.outbox.send(&frame).is_ok()
+        self.outbox.answer(&frame).is_ok()
     }
 
     async fn handle(&mut self, state: State, frame: ClientFrame) -> Flow {
@@ -398,7 +509,7 @@ impl Session {
                     server: format!("conclave {}", env!("CARGO_PKG_VERSION")),
                     auth_nonce: self.info.nonce,
                 });
-                if self.outbox.send(&reply).is_err() {
+                if self.outbox.answer(&reply).is_err() {
                     return Flow::Close(state);
                 }
                 Flow::Continue(State::AwaitingAuth)
@@ -524,7 +635,12 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let tcp = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let peer = tcp.local_addr().unwrap();
-        let connection = serve(server.shared().clone(), tcp, peer, CancellationToken::new());
+        let caps = crate::limits::AddressCaps { max: 1, max_waiting: 1, grace: std::time::Duration::ZERO };
+        let per_address = Arc::new(crate::limits::PerAddress::default());
+        let Ok((_slot, waiting)) = per_address.admit(peer.ip(), caps, std::time::Instant::now()) else {
+            panic!("a fresh table admits one connection")
+        };
+        let connection = serve(server.shared().clone(), tcp, peer, waiting, CancellationToken::new());
         let size = std::mem::size_of_val(&connection);
         assert!(size <= 1536, "a connection's future takes {size} bytes; box what made it grow");
     }

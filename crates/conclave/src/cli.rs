@@ -98,6 +98,13 @@ pub struct ServeArgs {
     /// Most connections from one source address.
     #[arg(long, default_value_t = conclave_server::config::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)]
     pub max_connections_per_address: usize,
+    /// Most connections from one source address that have not signed in yet.
+    #[arg(long, default_value_t = conclave_server::config::DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS)]
+    pub max_unauthenticated_per_address: usize,
+    /// Seconds after which a connection that has not signed in may be
+    /// closed to make room for a newer one from its address.
+    #[arg(long, default_value_t = conclave_server::config::DEFAULT_UNAUTHENTICATED_GRACE.as_secs(), value_name = "SECS")]
+    pub unauthenticated_grace: u64,
     /// Requests per second allowed on one connection (bursts of twice that).
     #[arg(long, default_value_t = conclave_server::config::DEFAULT_REQUESTS_PER_SECOND)]
     pub requests_per_second: u32,
@@ -116,6 +123,11 @@ pub struct ServeArgs {
     /// Frames queued for one connection before it counts as too slow.
     #[arg(long, default_value_t = conclave_server::config::DEFAULT_OUTBOUND_QUEUE)]
     pub outbound_queue: usize,
+    /// Bytes queued for one connection: past half, the server stops reading
+    /// its requests until it reads its answers; events past all of it
+    /// disconnect it as too slow.
+    #[arg(long, default_value_t = conclave_server::config::DEFAULT_OUTBOUND_BYTES, value_name = "BYTES")]
+    pub outbound_bytes: usize,
     /// Wait for the disk before acknowledging a write (on). `off` is for
     /// measuring what durability costs: a power failure can then lose
     /// acknowledged messages.

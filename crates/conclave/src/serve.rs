@@ -34,6 +34,7 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
         (args.max_rooms_per_user, "--max-rooms-per-user"),
         (args.max_members_per_room, "--max-members-per-room"),
         (args.outbound_queue, "--outbound-queue"),
+        (args.max_unauthenticated_per_address, "--max-unauthenticated-per-address"),
     ] {
         anyhow::ensure!(value >= 1, "{flag} must be at least 1");
     }
@@ -44,6 +45,10 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
     config.max_members_per_room = args.max_members_per_room;
     config.max_key_packages = args.max_key_packages;
     config.outbound_queue = args.outbound_queue;
+    anyhow::ensure!(args.outbound_bytes >= 64 * 1024, "--outbound-bytes must be at least 65536");
+    config.outbound_bytes = args.outbound_bytes;
+    config.max_unauthenticated_per_address = args.max_unauthenticated_per_address;
+    config.unauthenticated_grace = std::time::Duration::from_secs(args.unauthenticated_grace);
     config.fsync = args.fsync == OnOff::On;
     config.registration = match args.registration {
         Registration::Open => RegistrationPolicy::Open,

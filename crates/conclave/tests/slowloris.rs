@@ -53,7 +53,15 @@ async fn idle_and_half_open_connections_are_closed_and_others_are_served() {
     let dir = tempfile::tempdir().unwrap();
     let s = Served::start(
         &dir.path().join("data"),
-        &["--handshake-timeout", "2", "--max-connections-per-address", "20000"],
+        // The caps per address are opened up: this test is about the deadline.
+        &[
+            "--handshake-timeout",
+            "2",
+            "--max-connections-per-address",
+            "20000",
+            "--max-unauthenticated-per-address",
+            "20000",
+        ],
     );
     let alice = profile(&dir, "alice");
     let out = run(

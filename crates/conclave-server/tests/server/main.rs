@@ -24,6 +24,8 @@ struct TestServer {
     addr: ServerAddr,
     socket: SocketAddr,
     fingerprint: String,
+    /// Bytes queued for the server's connections.
+    queue_stats: Arc<conclave_server::QueueStats>,
     shutdown: CancellationToken,
     handle: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
@@ -31,6 +33,7 @@ struct TestServer {
 
 mod brute_force;
 mod key_packages;
+mod limits;
 mod rooms;
 
 async fn spawn_server(tweak: impl FnOnce(&mut Config)) -> TestServer {
@@ -59,12 +62,14 @@ async fn start(config: Config, dir: tempfile::TempDir) -> TestServer {
     let server = Server::bind(config).await.unwrap();
     let socket = server.local_addrs()[0];
     let fingerprint = server.fingerprint().to_owned();
+    let queue_stats = server.queue_stats();
     let shutdown = CancellationToken::new();
     let handle = tokio::spawn(server.run(shutdown.clone()));
     TestServer {
         addr: ServerAddr::parse(&socket.to_string()).unwrap(),
         socket,
         fingerprint,
+        queue_stats,
         shutdown,
         handle,
         _dir: dir,
@@ -163,6 +168,15 @@ async fn in_room<const N: usize>(s: &TestServer, room: &str, members: [&str; N])
 
 fn server_code(e: &ClientError) -> ErrorCode {
     e.code().unwrap_or_else(|| panic!("expected a server error, got {e}"))
+}
+
+/// What a client refused for a limit gets: an error where the server's
+/// `Hello` would be (PROTOCOL.md §1.4).
+async fn refused(s: &TestServer) -> ClientError {
+    match connect_tls(&s.addr, Some(&s.fingerprint)).await.unwrap().hello().await {
+        Ok(_) => panic!("expected a refusal; the connection was accepted"),
+        Err(e) => e,
+    }
 }
 
 #[tokio::test]
@@ -462,7 +476,9 @@ async fn plaintext_and_tls12_clients_are_refused_while_others_are_served() {
 
 #[tokio::test]
 async fn two_hundred_clients_connect_and_authenticate_at_once() {
-    let s = spawn_server(|_| {}).await;
+    // All 200 are in their handshake at once, from one address: more than
+    // the default cap of unauthenticated connections per address.
+    let s = spawn_server(|c| c.max_unauthenticated_per_address = 200).await;
     let mut devices = Vec::new();
     for i in 0..4 {
         devices.push(Arc::new(s.register(&format!("user{i}")).await));
@@ -497,8 +513,8 @@ async fn the_connection_cap_refuses_extra_connections() {
     let b = s.connect().await;
     a.authenticate(&device).await.unwrap();
     b.authenticate(&device).await.unwrap();
-    // A third is closed at once; the two held are unaffected.
-    assert!(connect_tls(&s.addr, Some(&s.fingerprint)).await.is_err());
+    // A third is refused, told why; the two held are unaffected.
+    assert_eq!(server_code(&refused(&s).await), ErrorCode::SERVER_FULL);
     a.whoami().await.unwrap();
     drop(b);
     drop(a);

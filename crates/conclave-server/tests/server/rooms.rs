@@ -475,13 +475,15 @@ async fn connections_per_address_are_capped() {
     let alice = user(&s, "alice").await; // holds one connection
     let second = s.connect().await;
     second.authenticate(&alice.device).await.unwrap();
-    assert!(conclave_client::connect_tls(&s.addr, Some(&s.fingerprint)).await.is_err(), "a third is refused");
+    assert_eq!(code(&super::refused(&s).await), ErrorCode::TOO_MANY_CONNECTIONS, "a third is refused");
     drop(second);
     // The slot comes back once the connection is gone.
     let mut again = None;
     for _ in 0..100 {
-        if let Ok(tls) = conclave_client::connect_tls(&s.addr, Some(&s.fingerprint)).await {
-            again = Some(tls.hello().await.unwrap());
+        if let Ok(conn) =
+            conclave_client::connect_tls(&s.addr, Some(&s.fingerprint)).await.unwrap().hello().await
+        {
+            again = Some(conn);
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
