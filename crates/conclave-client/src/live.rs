@@ -275,6 +275,7 @@ pub struct Session {
 }
 
 /// The front end's end of a session started by [`Session::spawn`].
+/// Dropping it stops the session too, without waiting for it.
 pub struct LiveHandle {
     commands: mpsc::UnboundedSender<Command>,
     stop: Option<oneshot::Sender<()>>,

@@ -314,7 +314,11 @@ fn draw_members(f: &mut Frame, app: &App, area: Rect) {
             ])
         })
         .collect();
-    let title = format!(" Members {online}/{} ", members.len());
+    let title = if members.is_empty() && matches!(app.conn, Conn::CatchingUp { .. }) {
+        " Members … ".to_owned()
+    } else {
+        format!(" Members {online}/{} ", members.len())
+    };
     f.render_widget(Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(title)), area);
 }
 
@@ -421,8 +425,13 @@ mod tests {
             joined_seq: 1,
         };
         app.on_worker(Event::Rooms { rooms: vec![summary("lab"), summary("random")], requested: false });
-        let status = &screen(&mut app, 80, 24)[22];
-        assert!(status.contains("◌ catching up #lab…"), "until the session is caught up: {status}");
+        let loading = screen(&mut app, 80, 24);
+        assert!(
+            loading[22].contains("◌ catching up #lab…"),
+            "until the session is caught up: {}",
+            loading[22]
+        );
+        assert!(loading[0].contains("┌ Members … "), "not 0/0 while loading: {}", loading[0]);
         app.on_worker(Event::Connected(app.me.clone()));
         app.on_worker(Event::Members {
             room: "lab".into(),
