@@ -13,6 +13,7 @@ mod connection;
 mod device;
 pub mod engine;
 mod error;
+mod names;
 mod profile;
 mod tls;
 
@@ -22,5 +23,6 @@ pub use connection::{connect_tls, Answer, ClientStream, Connection, TlsConnected
 pub use device::DeviceKey;
 pub use engine::HistoryRow;
 pub use error::ClientError;
+pub use names::{RoomNames, ShownName};
 pub use profile::{AccountRecord, Profile, ProfileState};
 pub use tls::{fingerprint, normalize_fingerprint};

@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Read, Write};
 
 use anyhow::{bail, Context};
 use chrono::TimeZone;
-use conclave_client::{Chat, HistoryRow, Update};
+use conclave_client::{Chat, HistoryRow, RoomNames, Update};
 use conclave_proto::Role;
 
 use crate::account::authenticated;
@@ -62,8 +62,9 @@ pub async fn room(cli: &Cli, cmd: &RoomCommand) -> anyhow::Result<()> {
         }
         RoomCommand::Members { room } => {
             let members = chat.members(room).await.with_context(|| format!("cannot list #{}", bare(room)))?;
-            for m in members {
-                let name = format!("{} ({})", m.username, m.display_name);
+            let names = RoomNames::of_members(&members);
+            for m in &members {
+                let name = names.show(&m.username, &m.display_name).to_string();
                 println!("{name:<40} {:<7} {}", m.role.as_str(), if m.online { "online" } else { "offline" });
             }
         }
@@ -99,13 +100,15 @@ pub async fn send(cli: &Cli, args: &SendArgs) -> anyhow::Result<()> {
 
 /// `conclave tail ROOM [--since SEQ] [--follow] [--json]`.
 pub async fn tail(cli: &Cli, args: &TailArgs) -> anyhow::Result<()> {
-    let (chat, _) = open_chat(cli).await?;
+    let (mut chat, _) = open_chat(cli).await?;
     let room = conclave_proto::validate_room_name(&args.room).map_err(anyhow::Error::msg)?;
     let rooms = chat.list_rooms().await?;
     let member = rooms.iter().any(|r| r.name == room);
     if !member && chat.history(&room, 0, 1)?.is_empty() {
         bail!("not a member of #{room}");
     }
+    let names =
+        if member { RoomNames::of_members(&chat.members(&room).await?) } else { RoomNames::default() };
     let mut last = args.since.unwrap_or(0);
     let mut out = std::io::stdout().lock();
     loop {
@@ -114,7 +117,7 @@ pub async fn tail(cli: &Cli, args: &TailArgs) -> anyhow::Result<()> {
             break;
         }
         for row in &rows {
-            print_row(&mut out, row, args.json)?;
+            print_row(&mut out, row, args.json, &names)?;
             last = row.seq;
         }
     }
@@ -126,31 +129,48 @@ pub async fn tail(cli: &Cli, args: &TailArgs) -> anyhow::Result<()> {
     if !args.follow {
         return Ok(());
     }
-    follow(cli, chat, &room, last, args.json).await
+    follow(cli, chat, &room, last, args.json, names).await
 }
 
-async fn follow(cli: &Cli, mut chat: Chat, room: &str, mut last: u64, json: bool) -> anyhow::Result<()> {
+async fn follow(
+    cli: &Cli,
+    mut chat: Chat,
+    room: &str,
+    mut last: u64,
+    json: bool,
+    mut names: RoomNames,
+) -> anyhow::Result<()> {
     let mut backoff = std::time::Duration::from_millis(500);
     loop {
         let mut events = chat.connection().take_events().context("events already taken")?;
         chat.subscribe().await?;
         // Anything that arrived between catching up and subscribing.
         for update in chat.sync_room(room).await? {
-            last = emit(room, update, last, json)?;
+            last = emit(room, update, last, json, &names)?;
         }
         while let Some(event) = events.recv().await {
             for update in chat.handle_event(event).await? {
-                last = emit(room, update, last, json)?;
+                if matches!(&update, Update::Row(row) if row.room == room && row.kind != "message") {
+                    // Someone joined or left: who shares a name may have changed.
+                    // (After our own removal there is no list: keep the old names.)
+                    if let Ok(list) = chat.members(room).await {
+                        names = RoomNames::of_members(&list);
+                    }
+                }
+                last = emit(room, update, last, json, &names)?;
             }
         }
         eprintln!("* connection lost; reconnecting");
         loop {
             tokio::time::sleep(backoff).await;
             match open_chat(cli).await {
-                Ok((fresh, updates)) => {
+                Ok((mut fresh, updates)) => {
+                    if let Ok(list) = fresh.members(room).await {
+                        names = RoomNames::of_members(&list);
+                    }
                     chat = fresh;
                     for update in updates {
-                        last = emit(room, update, last, json)?;
+                        last = emit(room, update, last, json, &names)?;
                     }
                     backoff = std::time::Duration::from_millis(500);
                     break;
@@ -164,11 +184,11 @@ async fn follow(cli: &Cli, mut chat: Chat, room: &str, mut last: u64, json: bool
     }
 }
 
-fn emit(room: &str, update: Update, last: u64, json: bool) -> anyhow::Result<u64> {
+fn emit(room: &str, update: Update, last: u64, json: bool, names: &RoomNames) -> anyhow::Result<u64> {
     let mut out = std::io::stdout().lock();
     match update {
         Update::Row(row) if row.room == room && row.seq > last => {
-            print_row(&mut out, &row, json)?;
+            print_row(&mut out, &row, json, names)?;
             out.flush()?;
             return Ok(row.seq);
         }
@@ -190,7 +210,7 @@ fn emit(room: &str, update: Update, last: u64, json: bool) -> anyhow::Result<u64
     Ok(last)
 }
 
-fn print_row(out: &mut impl Write, row: &HistoryRow, json: bool) -> anyhow::Result<()> {
+fn print_row(out: &mut impl Write, row: &HistoryRow, json: bool, names: &RoomNames) -> anyhow::Result<()> {
     let time = chrono::Local
         .timestamp_millis_opt(row.time_ms as i64)
         .single()
@@ -206,7 +226,8 @@ fn print_row(out: &mut impl Write, row: &HistoryRow, json: bool) -> anyhow::Resu
         });
         writeln!(out, "{v}")?;
     } else if row.kind == "message" {
-        writeln!(out, "{} <{}> {}", time.format("%H:%M:%S"), row.sender_display, row.text)?;
+        let sender = names.show(&row.sender, &row.sender_display);
+        writeln!(out, "{} <{sender}> {}", time.format("%H:%M:%S"), row.text)?;
     } else {
         writeln!(out, "{} * {}", time.format("%H:%M:%S"), row.text)?;
     }
