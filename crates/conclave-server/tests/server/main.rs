@@ -318,6 +318,39 @@ async fn names_that_hide_or_impersonate_are_refused_at_registration_and_on_chang
     s.stop().await;
 }
 
+/// The first-character rule is for new names: an account named before it
+/// (as `.oldtimer` could be) keeps working.
+#[tokio::test]
+async fn an_account_named_before_the_first_character_rule_still_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn_server_in(dir.path()).await;
+    let phone = s.register("oldtimer").await;
+    s.stop().await;
+    // What a server before the rule accepted: rename the account in its database.
+    let db = rusqlite::Connection::open(dir.path().join("data/server.db")).unwrap();
+    let renamed =
+        db.execute("UPDATE users SET username = '.oldtimer' WHERE username = 'oldtimer'", []).unwrap();
+    assert_eq!(renamed, 1);
+    drop(db);
+
+    let s = spawn_server_in(dir.path()).await;
+    let info = s.connect().await.authenticate(&phone).await.unwrap();
+    assert_eq!(info.username, ".oldtimer");
+    let laptop = DeviceKey::generate();
+    let info =
+        s.connect().await.login(&laptop, ".oldtimer", Password::new("correct horse battery")).await.unwrap();
+    assert_eq!((info.username.as_str(), info.device_id), (".oldtimer", 2));
+    // Nobody can take such a name now.
+    let e = s
+        .connect()
+        .await
+        .register(&DeviceKey::generate(), ".newcomer", Password::new("correct horse"), None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(server_code(&e), ErrorCode::INVALID_USERNAME);
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn a_signature_from_another_connection_does_not_verify() {
     let s = spawn_server(|_| {}).await;
