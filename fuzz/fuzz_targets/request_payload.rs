@@ -1,6 +1,7 @@
 //! Every `Request` payload through the server's checks that need no I/O:
-//! the name rules (`validate_username`, `validate_display_name`,
-//! `validate_password`, `validate_room_name`), the device-key and signature
+//! the name rules (`validate_username`, `validate_new_username`,
+//! `validate_display_name` with `clean_display_name`, `validate_password`,
+//! `validate_room_name`), the device-key and signature
 //! shapes, and the MLS checks of `conclave_server::mls` against a real room
 //! (`fixtures/room.snapshot`: four devices at epoch 1) — `check_key_package`,
 //! `RoomGroup::from_group_info`, `check_commit` then `apply` and
@@ -158,15 +159,25 @@ fn check(request: Request) {
 }
 
 fn username(raw: &str) -> Result<conclave_proto::Username, ()> {
-    let user = validate_username(raw).map_err(|_| ())?;
+    let new = conclave_proto::validate_new_username(raw).ok();
+    let Ok(user) = validate_username(raw) else {
+        assert!(new.is_none(), "a new username that is not a username: {raw:?}");
+        return Err(());
+    };
+    if let Some(new) = new {
+        assert_eq!(new, user, "new username {raw:?}");
+        assert!(new.as_str().starts_with(|c: char| c.is_ascii_alphanumeric()), "new username {raw:?}");
+    }
     assert_eq!(validate_username(user.as_str()).as_ref(), Ok(&user), "username {raw:?}");
     assert!(user.as_str().len() <= conclave_proto::MAX_USERNAME_LEN);
     Ok(user)
 }
 
 fn display_name(raw: &str) -> Result<(), ()> {
+    let clean = conclave_proto::clean_display_name(raw);
     let name = validate_display_name(raw).map_err(|_| ())?;
     assert_eq!(validate_display_name(name.as_str()).as_ref(), Ok(&name), "display name {raw:?}");
+    assert_eq!(clean, name.as_str(), "a valid display name is its own clean form: {raw:?}");
     Ok(())
 }
 

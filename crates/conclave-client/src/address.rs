@@ -38,7 +38,11 @@ impl ServerAddr {
                 None => (s, None),
             }
         };
-        if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '/') {
+        // Brackets only ever wrap an IPv6 address; inside a host they would
+        // make the address print as something that parses differently.
+        if host.is_empty()
+            || host.chars().any(|c| c.is_whitespace() || c.is_control() || matches!(c, '/' | '[' | ']'))
+        {
             return Err(bad("the host name is not valid"));
         }
         let port = match port {
@@ -78,6 +82,31 @@ mod tests {
     fn refuses_nonsense() {
         for bad in ["", ":80", "host:0", "host:99999", "host:http", "[::1", "[::1]x", "a b:1"] {
             assert!(ServerAddr::parse(bad).is_err(), "{bad:?}");
+        }
+        // These printed as an address that does not parse back to them.
+        for bad in ["a:b]:c", "]:80", "x[:1", "[[::1]]:9", "a\u{0}b:1", "é]:80"] {
+            assert!(ServerAddr::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn non_ascii_addresses_parse_without_panicking() {
+        assert_eq!(ServerAddr::parse("chât.example:7000").unwrap().host, "chât.example");
+        assert_eq!(ServerAddr::parse("[fe80::1%eth0]:9").unwrap().to_string(), "[fe80::1%eth0]:9");
+        assert!(ServerAddr::parse("ééé:ééé").is_err());
+        assert!(ServerAddr::parse("[é]:٣").is_err(), "the port is ASCII digits only");
+    }
+
+    proptest::proptest! {
+        /// Any text: no panic, and an address prints as text that parses
+        /// back to it (the profile keys its pins by that text).
+        #[test]
+        fn parsing_never_panics_and_round_trips(
+            s in "\\PC{0,24}|[\\[\\]:a-z0-9.é%]{0,16}",
+        ) {
+            if let Ok(addr) = ServerAddr::parse(&s) {
+                proptest::prop_assert_eq!(ServerAddr::parse(&addr.to_string()).ok(), Some(addr.clone()), "from {:?}", s);
+            }
         }
     }
 }

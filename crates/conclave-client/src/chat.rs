@@ -588,9 +588,13 @@ impl Chat {
         Ok(())
     }
 
-    /// Changes this user's display name.
+    /// Changes this user's display name. A name the rules refuse is refused
+    /// here, with the server's message, before anything is sent.
     pub async fn set_display_name(&mut self, name: &str) -> Result<AccountInfo, ClientError> {
-        match self.conn.request(Request::SetDisplayName { display_name: name.to_owned() }).await? {
+        let name =
+            conclave_proto::validate_display_name(name).map_err(|e| ClientError::Invalid(e.to_string()))?;
+        let display_name = name.as_str().to_owned();
+        match self.conn.request(Request::SetDisplayName { display_name }).await? {
             Response::WhoAmI(info) => {
                 self.names.insert(info.username.clone(), info.display_name.clone());
                 self.account = info.clone();

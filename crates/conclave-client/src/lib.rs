@@ -14,6 +14,7 @@ mod device;
 pub mod engine;
 mod error;
 pub mod live;
+mod names;
 mod profile;
 mod tls;
 
@@ -23,5 +24,6 @@ pub use connection::{connect_tls, Answer, ClientStream, Connection, TlsConnected
 pub use device::DeviceKey;
 pub use engine::HistoryRow;
 pub use error::ClientError;
+pub use names::{RoomNames, ShownName};
 pub use profile::{AccountRecord, Profile, ProfileState};
 pub use tls::{fingerprint, normalize_fingerprint};

@@ -24,7 +24,12 @@ pub fn fingerprint(cert: &[u8]) -> String {
 /// any case, optional `:` separators. `None` if it is not 32 bytes of hex.
 pub fn normalize_fingerprint(s: &str) -> Option<String> {
     let s = s.trim();
-    let hexpart = if s.len() > 7 && s[..7].eq_ignore_ascii_case("sha256:") { &s[7..] } else { s };
+    // `get` rather than `[..7]`: a person may type anything, and byte 7 need
+    // not fall between two characters ("ééééééé").
+    let hexpart = match (s.get(..7), s.get(7..)) {
+        (Some(prefix), Some(rest)) if prefix.eq_ignore_ascii_case("sha256:") => rest,
+        _ => s,
+    };
     let hexpart: String = hexpart.chars().filter(|c| *c != ':').collect::<String>().to_ascii_lowercase();
     (hexpart.len() == 64 && hexpart.chars().all(|c| c.is_ascii_hexdigit()))
         .then(|| format!("SHA256:{hexpart}"))
@@ -110,5 +115,30 @@ mod tests {
         );
         assert_eq!(normalize_fingerprint("SHA256:abc"), None);
         assert_eq!(normalize_fingerprint(&"zz".repeat(32)), None);
+    }
+
+    #[test]
+    fn non_ascii_fingerprints_are_refused_not_a_panic() {
+        // Byte 7 falls inside the fourth "é": this used to panic.
+        assert_eq!(normalize_fingerprint("ééééééé"), None);
+        assert_eq!(normalize_fingerprint("sha256é"), None);
+        assert_eq!(normalize_fingerprint("SHA256:"), None);
+        assert_eq!(normalize_fingerprint(&format!("SHA256:{}é", "ab".repeat(32))), None);
+        assert_eq!(normalize_fingerprint(&format!("ＳＨＡ256:{}", "ab".repeat(32))), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever is typed: no panic, and an answer is always a well-formed
+        /// fingerprint.
+        #[test]
+        fn any_typed_fingerprint_normalises_or_is_refused(
+            typed in "\\PC{0,80}|(?i:sha256:)?[0-9a-fA-F:é]{0,70}",
+        ) {
+            if let Some(fp) = normalize_fingerprint(&typed) {
+                let hexpart = fp.strip_prefix("SHA256:").unwrap_or("");
+                proptest::prop_assert_eq!(hexpart.len(), 64);
+                proptest::prop_assert!(hexpart.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+            }
+        }
     }
 }

@@ -29,8 +29,9 @@ pub use frame::{
     ServerFrame, ServerHello,
 };
 pub use names::{
-    validate_display_name, validate_password, validate_username, DisplayName, NameError, Username,
-    MAX_DISPLAY_NAME_CHARS, MAX_PASSWORD_BYTES, MAX_USERNAME_LEN, MIN_PASSWORD_CHARS,
+    clean_display_name, display_name_char_problem, validate_display_name, validate_new_username,
+    validate_password, validate_username, DisplayName, NameError, Username, MAX_DISPLAY_NAME_CHARS,
+    MAX_PASSWORD_BYTES, MAX_USERNAME_LEN, MIN_PASSWORD_CHARS,
 };
 pub use rooms::{
     validate_room_name, ClaimedKeyPackage, EntryBody, Event, LogEntry, MemberInfo, Role, RoomSummary,

@@ -4,7 +4,9 @@ use std::io::{BufRead, IsTerminal};
 
 use anyhow::{bail, Context};
 use conclave_client::{AccountRecord, Chat, Connection, Profile};
-use conclave_proto::{validate_display_name, validate_password, validate_username, AccountInfo, Password};
+use conclave_proto::{
+    validate_display_name, validate_new_username, validate_password, validate_username, AccountInfo, Password,
+};
 
 use crate::cli::{GlobalOpts, LoginArgs, RegisterArgs};
 use crate::connect::{connect, open_profile, remember};
@@ -13,7 +15,7 @@ use crate::connect::{connect, open_profile, remember};
 pub async fn register(opts: &GlobalOpts, args: &RegisterArgs) -> anyhow::Result<()> {
     let mut profile = open_profile(opts)?;
     refuse_second_account(&profile)?;
-    let username = validate_username(&args.username).context("cannot register")?;
+    let username = validate_new_username(&args.username).context("cannot register")?;
     if let Some(d) = &args.display_name {
         validate_display_name(d).context("cannot register")?;
     }

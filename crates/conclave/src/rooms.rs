@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Read, Write};
 use anyhow::{bail, Context};
 use chrono::TimeZone;
 use conclave_client::live::{Dialer, LiveEvent, Options, Session};
-use conclave_client::{Chat, HistoryRow};
+use conclave_client::{Chat, HistoryRow, RoomNames};
 use conclave_proto::Role;
 
 use crate::account::authenticated;
@@ -74,8 +74,9 @@ pub async fn room(opts: &GlobalOpts, cmd: &RoomCommand) -> anyhow::Result<()> {
         }
         RoomCommand::Members { room } => {
             let members = chat.members(room).await.with_context(|| format!("cannot list #{}", bare(room)))?;
-            for m in members {
-                let name = format!("{} ({})", m.username, m.display_name);
+            let names = RoomNames::of_members(&members);
+            for m in &members {
+                let name = names.show(&m.username, &m.display_name).to_string();
                 println!("{name:<40} {:<7} {}", m.role.as_str(), if m.online { "online" } else { "offline" });
             }
         }
@@ -111,13 +112,15 @@ pub async fn send(opts: &GlobalOpts, args: &SendArgs) -> anyhow::Result<()> {
 
 /// `conclave tail ROOM [--since SEQ] [--follow] [--json]`.
 pub async fn tail(opts: &GlobalOpts, args: &TailArgs) -> anyhow::Result<()> {
-    let (chat, dialer) = open_chat(opts).await?;
+    let (mut chat, dialer) = open_chat(opts).await?;
     let room = conclave_proto::validate_room_name(&args.room).map_err(anyhow::Error::msg)?;
     let rooms = chat.list_rooms().await?;
     let member = rooms.iter().any(|r| r.name == room);
     if !member && chat.history(&room, 0, 1)?.is_empty() {
         bail!("not a member of #{room}");
     }
+    let names =
+        if member { RoomNames::of_members(&chat.members(&room).await?) } else { RoomNames::default() };
     let mut last = args.since.unwrap_or(0);
     let mut out = std::io::stdout().lock();
     loop {
@@ -126,7 +129,7 @@ pub async fn tail(opts: &GlobalOpts, args: &TailArgs) -> anyhow::Result<()> {
             break;
         }
         for row in &rows {
-            print_row(&mut out, row, args.json)?;
+            print_row(&mut out, row, args.json, &names)?;
             last = row.seq;
         }
     }
@@ -138,12 +141,19 @@ pub async fn tail(opts: &GlobalOpts, args: &TailArgs) -> anyhow::Result<()> {
     if !args.follow {
         return Ok(());
     }
-    follow(chat, dialer, &room, last, args.json).await
+    follow(chat, dialer, &room, last, args.json, names).await
 }
 
 /// Prints the room's new rows as they arrive, staying connected through
 /// the client library's session (which reconnects, catches up and resends).
-async fn follow(chat: Chat, dialer: Dialer, room: &str, last: u64, json: bool) -> anyhow::Result<()> {
+async fn follow(
+    chat: Chat,
+    dialer: Dialer,
+    room: &str,
+    last: u64,
+    json: bool,
+    mut names: RoomNames,
+) -> anyhow::Result<()> {
     let options = Options {
         only_rooms: Some([room.to_owned()].into_iter().collect()),
         shown: [(room.to_owned(), last)].into_iter().collect(),
@@ -152,7 +162,7 @@ async fn follow(chat: Chat, dialer: Dialer, room: &str, last: u64, json: bool) -
     let handle = session.spawn().context("cannot start the client session")?;
     let result = async {
         while let Some(event) = events.recv().await {
-            emit(room, event, json)?;
+            emit(room, event, json, &mut names)?;
         }
         bail!("the client session stopped")
     }
@@ -162,13 +172,17 @@ async fn follow(chat: Chat, dialer: Dialer, room: &str, last: u64, json: bool) -
 }
 
 /// Shows one event of the session: rows and presence on stdout, the
-/// connection's state on stderr.
-fn emit(room: &str, event: LiveEvent, json: bool) -> anyhow::Result<()> {
+/// connection's state on stderr. A new member list (someone joined or
+/// left, or after reconnecting) changes who shares a name.
+fn emit(room: &str, event: LiveEvent, json: bool, names: &mut RoomNames) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match event {
+        LiveEvent::Members { room: r, members, .. } if r == room => {
+            *names = RoomNames::of_members(&members);
+        }
         LiveEvent::Rows { room: r, rows, .. } if r == room => {
             for row in &rows {
-                print_row(&mut out, row, json)?;
+                print_row(&mut out, row, json, names)?;
             }
         }
         LiveEvent::Presence { room: r, user, online } if r == room => {
@@ -194,7 +208,7 @@ fn emit(room: &str, event: LiveEvent, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_row(out: &mut impl Write, row: &HistoryRow, json: bool) -> anyhow::Result<()> {
+fn print_row(out: &mut impl Write, row: &HistoryRow, json: bool, names: &RoomNames) -> anyhow::Result<()> {
     let time = chrono::Local
         .timestamp_millis_opt(row.time_ms as i64)
         .single()
@@ -210,7 +224,8 @@ fn print_row(out: &mut impl Write, row: &HistoryRow, json: bool) -> anyhow::Resu
         });
         writeln!(out, "{v}")?;
     } else if row.kind == "message" {
-        writeln!(out, "{} <{}> {}", time.format("%H:%M:%S"), row.sender_display, row.text)?;
+        let sender = names.show(&row.sender, &row.sender_display);
+        writeln!(out, "{} <{sender}> {}", time.format("%H:%M:%S"), row.text)?;
     } else {
         writeln!(out, "{} * {}", time.format("%H:%M:%S"), row.text)?;
     }

@@ -59,8 +59,10 @@ struct Pty {
 
 impl Pty {
     fn spawn(profile: &Path, args: &[&str]) -> Pty {
+        // 100 columns: each message line ("HH:MM:SS Alice (alice): text") fits
+        // unwrapped, so the test can look for it whole.
         let pair = portable_pty::native_pty_system()
-            .openpty(PtySize { rows: 24, cols: 80, pixel_width: 0, pixel_height: 0 })
+            .openpty(PtySize { rows: 24, cols: 100, pixel_width: 0, pixel_height: 0 })
             .unwrap();
         let mut cmd = CommandBuilder::new(BIN);
         cmd.arg("--profile");
@@ -74,7 +76,7 @@ impl Pty {
         drop(pair.slave);
         let mut reader = pair.master.try_clone_reader().unwrap();
         let writer = pair.master.take_writer().unwrap();
-        let screen = Arc::new(Mutex::new(vt100::Parser::new(24, 80, 0)));
+        let screen = Arc::new(Mutex::new(vt100::Parser::new(24, 100, 0)));
         let feed = screen.clone();
         // Drain the terminal continuously so the child never blocks writing.
         std::thread::spawn(move || {
@@ -168,15 +170,15 @@ fn chat_sends_receives_and_quits_in_a_terminal() {
 
     // Alice types; the line is acknowledged (no longer pending), and bob reads it.
     pty.type_text("hello from the terminal 🎉\r");
-    pty.wait_text("Alice: hello from the terminal 🎉");
+    pty.wait_text("Alice (alice): hello from the terminal 🎉");
     pty.wait_for("the message acknowledged", |s| !s.contents().contains("sending"));
     let tail = ok(&run(&bob, &["tail", "lab"], ""));
-    assert!(tail.contains("<Alice> hello from the terminal 🎉"), "{tail}");
+    assert!(tail.contains("<Alice (alice)> hello from the terminal 🎉"), "{tail}");
 
     // Bob sends; it appears live, and the mention rings the bell.
     let bells = pty.screen.lock().unwrap().screen().audible_bell_count();
     ok(&run(&bob, &["send", "lab", "hi alice from cli"], ""));
-    pty.wait_text("Bob: hi alice from cli");
+    pty.wait_text("Bob (bob): hi alice from cli");
     pty.wait_for("the bell", move |s| s.audible_bell_count() > bells);
 
     // A bracketed paste of two lines is one message.
@@ -318,9 +320,9 @@ fn chat_survives_the_server_going_away() {
     let s = Served::start_on(&dir.path().join("data"), &addr, &[]);
     ok(&run(&bob, &["send", "lab", "bob said this meanwhile"], ""));
     pty.wait_text("connected as alice");
-    pty.wait_text("Bob: bob said this meanwhile");
+    pty.wait_text("Bob (bob): bob said this meanwhile");
     pty.wait_for("the queued message sent", |s| {
-        s.contents().contains("Alice: typed while offline") && !s.contents().contains("queued:")
+        s.contents().contains("Alice (alice): typed while offline") && !s.contents().contains("queued:")
     });
     let tail = ok(&run(&bob, &["tail", "lab"], ""));
     let screen = pty.contents();

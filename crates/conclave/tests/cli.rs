@@ -292,8 +292,8 @@ fn a_first_conversation_from_the_command_line() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "{out}");
     assert!(lines[0].ends_with(" * bob, carol joined #lab"), "{out}");
-    assert!(lines[1].ends_with(" <Alice> the build is green"), "{out}");
-    assert!(lines[2].ends_with(" <Bob> piped from stdin"), "{out}");
+    assert!(lines[1].ends_with(" <Alice (alice)> the build is green"), "{out}");
+    assert!(lines[2].ends_with(" <Bob (bob)> piped from stdin"), "{out}");
     assert_eq!(lines[1].as_bytes()[2], b':', "HH:MM:SS first: {out}");
 
     let out = ok(&run(carol, &["tail", "lab", "--json", "--since", "3"], ""));
@@ -304,7 +304,7 @@ fn a_first_conversation_from_the_command_line() {
     );
 
     let out = ok(&run(alice, &["room", "members", "lab"], ""));
-    assert!(out.contains("alice (Alice)") && out.contains("owner") && out.contains("bob (Bob)"), "{out}");
+    assert!(out.contains("Alice (alice)") && out.contains("owner") && out.contains("Bob (bob)"), "{out}");
 
     // A plain member may not remove; the owner promotes, then removes.
     let err = fails(&run(bob, &["room", "remove", "lab", "carol"], ""));
@@ -314,7 +314,7 @@ fn a_first_conversation_from_the_command_line() {
     ok(&run(alice, &["send", "lab", "bob is out"], ""));
     let out = ok(&run(alice, &["tail", "lab"], ""));
     assert!(out.contains("* alice made carol admin") && out.contains("* carol removed bob"), "{out}");
-    assert!(out.contains("<Alice> bob is out"), "{out}");
+    assert!(out.contains("<Alice (alice)> bob is out"), "{out}");
     let err = fails(&run(bob, &["tail", "lab"], ""));
     assert!(err.contains("no longer a member of #lab"), "{err}");
     let bob_saw = String::from_utf8(run(bob, &["tail", "lab"], "").stdout).unwrap();
@@ -327,4 +327,84 @@ fn a_first_conversation_from_the_command_line() {
     let err = fails(&run(carol, &["send", "lab", "hello?"], ""));
     assert!(err.contains("not a member of #lab"), "{err}");
     s.stop();
+}
+
+#[test]
+fn members_who_share_a_display_name_are_told_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Served::start(&dir.path().join("data"), &[]);
+    let register = |name: &str, display: Option<&str>| {
+        let p = profile(&dir, name);
+        let mut args = vec!["--server", &s.addr, "--accept-new-server", "register", name, "--password-stdin"];
+        if let Some(d) = display {
+            args.extend(["--display-name", d]);
+        }
+        ok(&run(&p, &args, "correct horse\n"));
+        p
+    };
+    // Two people call themselves Sam; carol keeps her username; mallory
+    // calls herself "carol".
+    let alice = register("alice", Some("Sam"));
+    let bob = register("bob", Some("Sam"));
+    let carol = register("carol", None);
+    let mallory = register("mallory", Some("carol"));
+    ok(&run(&alice, &["room", "create", "lab"], ""));
+    ok(&run(&alice, &["room", "add", "lab", "bob", "carol", "mallory"], ""));
+    ok(&run(&alice, &["send", "lab", "from alice"], ""));
+    ok(&run(&bob, &["send", "lab", "from bob"], ""));
+    ok(&run(&carol, &["send", "lab", "from carol"], ""));
+    ok(&run(&mallory, &["send", "lab", "from mallory"], ""));
+
+    let out = ok(&run(&carol, &["tail", "lab"], ""));
+    let said = |who: &str, text: &str| out.lines().any(|l| l.ends_with(&format!(" <{who}> {text}")));
+    assert!(said("Sam (alice)", "from alice"), "{out}");
+    assert!(said("Sam (bob)", "from bob"), "{out}");
+    // carol's display name is her username, but mallory uses it too.
+    assert!(said("carol (carol)", "from carol"), "{out}");
+    assert!(said("carol (mallory)", "from mallory"), "{out}");
+
+    let out = ok(&run(&bob, &["room", "members", "lab"], ""));
+    let listed: Vec<&str> = out.lines().map(|l| l.split("  ").next().unwrap_or("").trim()).collect();
+    for want in ["Sam (alice)", "Sam (bob)", "carol (carol)", "carol (mallory)"] {
+        assert!(listed.contains(&want), "{want}: {out}");
+    }
+
+    // Once mallory is gone, carol's name is hers alone and shows bare.
+    ok(&run(&alice, &["room", "remove", "lab", "mallory"], ""));
+    ok(&run(&carol, &["send", "lab", "just me"], ""));
+    let out = ok(&run(&alice, &["tail", "lab"], ""));
+    assert!(out.lines().any(|l| l.ends_with(" <carol> just me")), "{out}");
+    assert!(out.lines().any(|l| l.ends_with(" <Sam (bob)> from bob")), "{out}");
+    s.stop();
+}
+
+#[test]
+fn names_that_hide_text_are_refused_before_anything_is_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = profile(&dir, "p");
+    // Port 1: nothing listens, so these errors come from the client itself.
+    let register = |name: &str, display: &str| {
+        fails(&run(
+            &p,
+            &["--server", "127.0.0.1:1", "register", name, "--password-stdin", "--display-name", display],
+            "correct horse\n",
+        ))
+    };
+    let err = register("dave", "dave\u{202E}gpj.exe");
+    assert!(err.contains("U+202E") && err.contains("bidirectional"), "{err}");
+    let err = register("dave", "da\u{200B}ve");
+    assert!(err.contains("U+200B") && err.contains("zero-width"), "{err}");
+    let err = register("dave", "\u{301}");
+    assert!(err.contains("visible character"), "{err}");
+    for bad in [".", "..", "-", ".hidden"] {
+        let err = register(bad, "Dave");
+        assert!(err.contains("must start with a letter or a digit"), "{bad:?}: {err}");
+    }
+    // A fingerprint with non-ASCII text used to panic (a slice inside "é").
+    let err = fails(&run(
+        &p,
+        &["--server", "127.0.0.1:1", "--fingerprint", "ééééééé", "register", "dave", "--password-stdin"],
+        "correct horse\n",
+    ));
+    assert!(err.contains("is not a SHA-256 fingerprint"), "{err}");
 }

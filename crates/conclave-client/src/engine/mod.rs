@@ -377,6 +377,8 @@ impl Engine {
     /// Up to `limit` history rows of `room` after `after_seq`, in log order.
     pub fn history(&self, room: &str, after_seq: u64, limit: usize) -> Result<Vec<HistoryRow>, EngineError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // SQLite integers are i64: no row is after a larger number (`tail --since`).
+        let Ok(after_seq) = i64::try_from(after_seq) else { return Ok(Vec::new()) };
         let mut stmt = self
             .conn
             .prepare_cached(

@@ -218,6 +218,9 @@ fn create_add_join_and_talk_both_ways() {
     assert_eq!(h[0].sender_display, "alice (display)");
     assert_eq!(h[0].time_ms, 1_700_000_000_002);
     assert_eq!(alice.e.history(ROOM, 3, 1).unwrap()[0].seq, 4);
+    // Past what SQLite's i64 holds (`tail --since 18446744073709551615`): nothing, not an error.
+    assert!(alice.e.history(ROOM, u64::MAX, 10).unwrap().is_empty());
+    assert!(alice.e.history(ROOM, i64::MAX as u64 + 1, 10).unwrap().is_empty());
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! `Register`: create an account and its first device.
 
 use conclave_proto::{
-    validate_display_name, validate_password, validate_username, ErrorBody, ErrorCode, Register,
+    validate_display_name, validate_new_username, validate_password, ErrorBody, ErrorCode, Register,
 };
 
 use crate::config::RegistrationPolicy;
@@ -29,7 +29,8 @@ pub async fn handle(shared: &Shared, info: &ConnInfo, req: Register) -> Result<D
         }
         RegistrationPolicy::Token => {}
     }
-    let username = validate_username(&req.username)
+    // The rules for a new name: stricter than those every stored name meets.
+    let username = validate_new_username(&req.username)
         .map_err(|e| ErrorBody::new(ErrorCode::INVALID_USERNAME, e.to_string()))?;
     validate_password(req.password.expose())
         .map_err(|e| ErrorBody::new(ErrorCode::WEAK_PASSWORD, e.to_string()))?;

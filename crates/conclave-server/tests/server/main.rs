@@ -337,6 +337,107 @@ async fn bad_names_passwords_and_keys_are_refused() {
 }
 
 #[tokio::test]
+async fn names_that_hide_or_impersonate_are_refused_at_registration_and_on_change() {
+    let s = spawn_server(|_| {}).await;
+    let conn = s.connect().await;
+    let register = |name: &'static str, display: Option<&'static str>| {
+        let conn = &conn;
+        async move {
+            conn.register(
+                &DeviceKey::generate(),
+                name,
+                Password::new("correct horse"),
+                display.map(str::to_owned),
+                None,
+            )
+            .await
+            .unwrap_err()
+        }
+    };
+    for bad in [".", "..", "-", ".hidden", "_x"] {
+        let e = register(bad, None).await;
+        assert_eq!(server_code(&e), ErrorCode::INVALID_USERNAME, "{bad:?}");
+        assert!(e.to_string().contains("must start with a letter or a digit"), "{bad:?}: {e}");
+    }
+    for (bad, code) in [
+        ("alice\u{202E}txt.exe", "U+202E"),
+        ("\u{2066}alice", "U+2066"),
+        ("ali\u{200B}ce", "U+200B"),
+        ("ali\u{200D}ce", "U+200D"),
+        ("alice\u{2060}", "U+2060"),
+        ("\u{FEFF}alice", "U+FEFF"),
+        ("two\u{2028}lines", "U+2028"),
+        ("two\u{2029}paragraphs", "U+2029"),
+        ("soft\u{AD}hyphen", "U+00AD"),
+    ] {
+        let e = register("henry", Some(bad)).await;
+        assert_eq!(server_code(&e), ErrorCode::INVALID_DISPLAY_NAME, "{bad:?}");
+        assert!(e.to_string().contains(code), "{bad:?}: {e}");
+    }
+    for blank in ["\u{301}", "\u{3164}"] {
+        let e = register("henry", Some(blank)).await;
+        assert_eq!(server_code(&e), ErrorCode::INVALID_DISPLAY_NAME, "{blank:?}");
+    }
+    // An emoji joined by U+200D is a name, not a trick.
+    let info = conn
+        .register(
+            &DeviceKey::generate(),
+            "henry",
+            Password::new("correct horse"),
+            Some("👩\u{200D}💻".into()),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(info.display_name, "👩\u{200D}💻");
+
+    // Changing the display name goes through the same gate.
+    let change =
+        |name: &str| conn.request(conclave_proto::Request::SetDisplayName { display_name: name.into() });
+    let e = change("henry\u{202E}").await.unwrap_err();
+    assert_eq!(server_code(&e), ErrorCode::INVALID_DISPLAY_NAME);
+    assert!(e.to_string().contains("U+202E") && e.to_string().contains("bidirectional"), "{e}");
+    let e = change("\u{200B}").await.unwrap_err();
+    assert_eq!(server_code(&e), ErrorCode::INVALID_DISPLAY_NAME);
+    let Ok(conclave_proto::Response::WhoAmI(info)) = change(" Henry ").await else { panic!("a plain name") };
+    assert_eq!(info.display_name, "Henry");
+    s.stop().await;
+}
+
+/// The first-character rule is for new names: an account named before it
+/// (as `.oldtimer` could be) keeps working.
+#[tokio::test]
+async fn an_account_named_before_the_first_character_rule_still_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn_server_in(dir.path()).await;
+    let phone = s.register("oldtimer").await;
+    s.stop().await;
+    // What a server before the rule accepted: rename the account in its database.
+    let db = rusqlite::Connection::open(dir.path().join("data/server.db")).unwrap();
+    let renamed =
+        db.execute("UPDATE users SET username = '.oldtimer' WHERE username = 'oldtimer'", []).unwrap();
+    assert_eq!(renamed, 1);
+    drop(db);
+
+    let s = spawn_server_in(dir.path()).await;
+    let info = s.connect().await.authenticate(&phone).await.unwrap();
+    assert_eq!(info.username, ".oldtimer");
+    let laptop = DeviceKey::generate();
+    let info =
+        s.connect().await.login(&laptop, ".oldtimer", Password::new("correct horse battery")).await.unwrap();
+    assert_eq!((info.username.as_str(), info.device_id), (".oldtimer", 2));
+    // Nobody can take such a name now.
+    let e = s
+        .connect()
+        .await
+        .register(&DeviceKey::generate(), ".newcomer", Password::new("correct horse"), None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(server_code(&e), ErrorCode::INVALID_USERNAME);
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn a_signature_from_another_connection_does_not_verify() {
     let s = spawn_server(|_| {}).await;
     let device = s.register("ivan").await;

@@ -503,14 +503,16 @@ impl App {
                     (rank(a.role), !a.online, &a.username).cmp(&(rank(b.role), !b.online, &b.username))
                 });
                 if show {
+                    let names = conclave_client::RoomNames::of_members(&members);
                     let list: Vec<String> = members
                         .iter()
                         .map(|m| {
                             let state = if m.online { "online" } else { "offline" };
-                            format!("{} ({}, {}, {state})", m.username, m.display_name, m.role.as_str())
+                            let name = names.show(&m.username, &m.display_name);
+                            format!("{name}: {}, {state}", m.role.as_str())
                         })
                         .collect();
-                    let line = format!("members of #{room}: {}", list.join(", "));
+                    let line = format!("members of #{room}: {}", list.join("; "));
                     self.local(vec![line]);
                 }
                 self.room_mut(&room).members = members;

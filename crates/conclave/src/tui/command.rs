@@ -232,4 +232,19 @@ mod tests {
             );
         }
     }
+
+    proptest::proptest! {
+        /// Any line, commands with any (non-ASCII) arguments included: a
+        /// message, a command, or a one-line error; never a panic.
+        #[test]
+        fn any_line_parses_or_says_why(
+            line in "/?\\PC{0,30}|/(create|add|remove|leave|role|nick|who|rooms|switch|help|quit|ｑｕｉｔ)( \\PC{0,8}){0,3}",
+        ) {
+            match parse(&line) {
+                Ok(Input::Message(text)) => proptest::prop_assert!(!line.starts_with('/') || (line.starts_with("//") && text.starts_with('/'))),
+                Ok(Input::Command(_)) => proptest::prop_assert!(line.starts_with('/')),
+                Err(e) => proptest::prop_assert!(!e.contains('\n') && !e.is_empty()),
+            }
+        }
+    }
 }

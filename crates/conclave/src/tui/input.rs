@@ -355,4 +355,72 @@ mod tests {
         i.home();
         assert_eq!(i.view(4), ("日本".to_owned(), 0));
     }
+
+    /// One editing step for the property test.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(char),
+        Paste(String),
+        Backspace,
+        Delete,
+        Left,
+        Right,
+        Home,
+        End,
+        WordLeft,
+        WordRight,
+        DeleteWord,
+        KillToStart,
+        KillToEnd,
+        Submit,
+        Up,
+        Down,
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            4 => prop_oneof![any::<char>(), proptest::sample::select(vec!['中', '🎉', '\u{301}', '\u{200D}', ' ', '\n', '\t', '\u{7}'])].prop_map(Op::Insert),
+            1 => "\\PC{0,6}|[a\r\n\t中]{0,6}".prop_map(Op::Paste),
+            8 => proptest::sample::select(vec![
+                Op::Backspace, Op::Delete, Op::Left, Op::Right, Op::Home, Op::End, Op::WordLeft, Op::WordRight,
+                Op::DeleteWord, Op::KillToStart, Op::KillToEnd, Op::Submit, Op::Up, Op::Down,
+            ]),
+        ]
+    }
+
+    proptest::proptest! {
+        /// Any sequence of edits over any characters: no panic, the cursor
+        /// stays in the text, and the view keeps it within the width.
+        #[test]
+        fn any_edits_keep_the_cursor_in_the_text(ops in proptest::collection::vec(op(), 0..60), width in 0usize..12) {
+            let mut i = Input::default();
+            for op in ops {
+                match op {
+                    Op::Insert(c) => i.insert(c),
+                    Op::Paste(s) => i.insert_str(&s),
+                    Op::Backspace => i.backspace(),
+                    Op::Delete => i.delete(),
+                    Op::Left => i.left(),
+                    Op::Right => i.right(),
+                    Op::Home => i.home(),
+                    Op::End => i.end(),
+                    Op::WordLeft => i.word_left(),
+                    Op::WordRight => i.word_right(),
+                    Op::DeleteWord => i.delete_word(),
+                    Op::KillToStart => i.kill_to_start(),
+                    Op::KillToEnd => i.kill_to_end(),
+                    Op::Submit => {
+                        i.submit();
+                    }
+                    Op::Up => i.history_up(),
+                    Op::Down => i.history_down(),
+                }
+                proptest::prop_assert!(i.cursor() <= i.text().chars().count());
+                let (shown, col) = i.view(width);
+                proptest::prop_assert!(col <= width.max(2), "column {} of {}", col, width);
+                proptest::prop_assert!(shown.chars().map(char_width).sum::<usize>() <= width.max(2));
+            }
+        }
+    }
 }

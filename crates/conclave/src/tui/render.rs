@@ -6,6 +6,8 @@
 //! with `unicode-width` consistently with the input line.
 
 use chrono::TimeZone;
+use conclave_client::{RoomNames, ShownName};
+use conclave_proto::AccountInfo;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
@@ -159,19 +161,31 @@ fn entry_lines(
     out
 }
 
+/// A sender's name as spans: the display name (cut to 16 columns) in bold,
+/// then the username whole when it must show (see [`RoomNames::show`]), then ": ".
+fn sender_spans(shown: ShownName, style: Style) -> Vec<Span<'static>> {
+    let mut spans = vec![Span::styled(fit(&shown.name, 16), style.add_modifier(Modifier::BOLD))];
+    if let Some(username) = shown.username {
+        spans.push(Span::styled(format!(" ({username})"), style));
+    }
+    spans.push(Span::styled(": ", style.add_modifier(Modifier::BOLD)));
+    spans
+}
+
 /// Every visual line of a room's conversation at `width` columns.
-pub fn conversation_lines(room: &RoomView, me: &str, width: usize) -> Vec<Line<'static>> {
+pub fn conversation_lines(room: &RoomView, me: &AccountInfo, width: usize) -> Vec<Line<'static>> {
     let width = width.max(1);
     let dim = Style::default().fg(Color::DarkGray);
+    let names = RoomNames::of_members(&room.members);
     let mut lines = Vec::new();
     for entry in &room.entries {
         match entry {
             Entry::Row(row) if row.kind == "message" => {
-                let name = Span::styled(
-                    format!("{}: ", fit(&row.sender_display, 16)),
-                    Style::default().fg(name_colour(&row.sender)).add_modifier(Modifier::BOLD),
+                let name = sender_spans(
+                    names.show(&row.sender, &row.sender_display),
+                    Style::default().fg(name_colour(&row.sender)),
                 );
-                lines.extend(entry_lines(row.time_ms, vec![name], &row.text, Style::default(), width));
+                lines.extend(entry_lines(row.time_ms, name, &row.text, Style::default(), width));
             }
             Entry::Row(row) if row.kind == "undecryptable" => {
                 let text = format!("cannot decrypt a message from {}: {}", row.sender, row.text);
@@ -193,9 +207,9 @@ pub fn conversation_lines(room: &RoomView, me: &str, width: usize) -> Vec<Line<'
             PendingState::Queued => (" (queued: offline)".to_owned(), Style::default().fg(Color::Yellow)),
             PendingState::Failed(e) => (format!(" (not sent: {e})"), Style::default().fg(Color::Red)),
         };
-        let name = Span::styled(format!("{}: ", fit(me, 16)), dim.add_modifier(Modifier::BOLD));
+        let name = sender_spans(names.show(&me.username, &me.display_name), dim);
         let text = format!("{}{mark}", p.text);
-        lines.extend(entry_lines(p.time_ms, vec![name], &text, style, width));
+        lines.extend(entry_lines(p.time_ms, name, &text, style, width));
     }
     lines
 }
@@ -256,7 +270,7 @@ fn draw_conversation(f: &mut Frame, app: &mut App, area: Rect) {
     let width = area.width.saturating_sub(2) as usize;
     let height = area.height.saturating_sub(2) as usize;
     app.page = height.max(1);
-    let me = app.me.display_name.clone();
+    let me = app.me.clone();
     let Some(name) = app.current.clone() else {
         let hint = vec![
             Line::from("You are in no room yet."),
@@ -589,5 +603,58 @@ mod tests {
         app.on_worker(Event::Disconnected { error: "the server closed the connection".into() });
         let s = screen(&mut app, 80, 24);
         assert!(s[22].contains("reconnecting: the server closed the connection"), "{}", s[22]);
+    }
+
+    #[test]
+    fn senders_who_share_a_display_name_show_their_usernames() {
+        let me = AccountInfo { username: "alice".into(), display_name: "Sam".into(), device_id: 1 };
+        let mut app = App::new(me, Some("lab".into()), true);
+        let summary = RoomSummary {
+            name: "lab".into(),
+            group_id: vec![],
+            role: Role::Owner,
+            members: 4,
+            head_seq: 1,
+            joined_seq: 1,
+        };
+        app.on_worker(Event::Rooms { rooms: vec![summary], requested: false });
+        let named = |user: &str, display: &str| MemberInfo {
+            username: user.into(),
+            display_name: display.into(),
+            role: Role::Member,
+            online: true,
+        };
+        let members =
+            vec![named("alice", "Sam"), named("bob", "Sam"), named("carol", "carol"), named("dan", "dan")];
+        app.on_worker(Event::Members { room: "lab".into(), members, requested: false });
+        let said = |seq, user: &str, display: &str| HistoryRow {
+            sender_display: display.into(),
+            ..row(seq, user, "message", &format!("from {user}"))
+        };
+        let rows = vec![
+            said(2, "alice", "Sam"),
+            said(3, "bob", "Sam"),
+            said(4, "carol", "carol"),
+            said(5, "dan", "carol\u{202E}"),
+        ];
+        app.on_worker(Event::Rows { room: "lab".into(), rows, live: false });
+        app.input.insert_str("mine");
+        app.on_key(crossterm::event::KeyEvent::from(crossterm::event::KeyCode::Enter));
+        let s = screen(&mut app, 120, 40).join("\n");
+        assert!(s.contains("Sam (alice): from alice"), "{s}");
+        assert!(s.contains("Sam (bob): from bob"), "{s}");
+        assert!(s.contains(" carol: from carol"), "{s}");
+        // A name stored before the rules, hiding a character: cleaned, and
+        // not shown alone.
+        assert!(s.contains("carol\u{FFFD} (dan): from dan"), "{s}");
+        assert!(s.contains("Sam (alice): mine (sending…)"), "{s}");
+        // A long display name is cut, never the username.
+        let long = HistoryRow {
+            sender_display: "Bartholomew the Magnificent".into(),
+            ..row(6, "bob", "message", "hi")
+        };
+        app.on_worker(Event::Rows { room: "lab".into(), rows: vec![long], live: true });
+        let s = screen(&mut app, 120, 40).join("\n");
+        assert!(s.contains("Bartholomew the… (bob): hi"), "{s}");
     }
 }
