@@ -14,12 +14,20 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Creates an empty file readable by its owner only, if it does not exist.
+///
+/// An existing file is left unopened: closing a descriptor of a file drops
+/// every POSIX lock this process holds on it, so opening a database that a
+/// connection of this process already has open would unlock that connection.
 pub fn create_private_file(path: &Path) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create(true).truncate(false);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path).map(drop)
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Writes `contents` to `path` atomically, readable by its owner only.

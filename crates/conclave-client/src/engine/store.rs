@@ -207,13 +207,24 @@ fn check_owner(conn: &Connection, path: &Path, identity: &str, public_key: &[u8]
 }
 
 /// Creates `path` with mode 0600 if it does not exist, and restricts it if it does.
+///
+/// An existing file is never opened here: closing any descriptor of a file
+/// drops every POSIX lock this process holds on it, SQLite's included. A
+/// second engine opened on a profile whose first engine is still open (a
+/// reconnect) would otherwise leave the first one's connection unlocked, and
+/// another process on the same profile could then delete the WAL under it
+/// and corrupt the database.
 fn create_private_file(path: &Path) -> std::io::Result<()> {
     let mut options = std::fs::OpenOptions::new();
-    options.create(true).append(true);
+    options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    options.open(path)?;
-    restrict(path)
+    match options.open(path) {
+        // New: no connection can have it open yet.
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => restrict(path),
+        Err(e) => Err(e),
+    }
 }
 
 /// Sets an existing file to 0600 (nothing on other platforms, or if it is absent).
