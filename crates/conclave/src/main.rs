@@ -35,6 +35,7 @@ fn main() -> std::process::ExitCode {
                     .with_env_filter(filter())
                     .with_writer(std::sync::Mutex::new(file))
                     .with_ansi(false)
+                    .log_internal_errors(false)
                     .init(),
                 Err(e) => {
                     eprintln!("error: cannot open the log file {}: {e}", path.display());
@@ -47,6 +48,10 @@ fn main() -> std::process::ExitCode {
             .with_env_filter(filter())
             .with_writer(std::io::stderr)
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            // A log that cannot be written (stderr piped to a reader that
+            // is gone) must not stop the server: tracing would report it
+            // with eprintln!, which panics on a broken pipe.
+            .log_internal_errors(false)
             .init();
     }
 
@@ -60,10 +65,60 @@ fn main() -> std::process::ExitCode {
     match runtime.block_on(cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the error and its causes, most specific last.
-            let chain: Vec<String> = e.chain().map(ToString::to_string).collect();
-            eprintln!("error: {}", chain.join(": "));
+            eprintln!("error: {}", one_line(&e));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes on one line, most specific last. A cause that
+/// its error's message already ends with (a message that names its source)
+/// is not said twice.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain().map(ToString::to_string) {
+        if line.is_empty() {
+            line = cause;
+        } else if !line.ends_with(&cause) {
+            line.push_str(": ");
+            line.push_str(&cause);
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+
+    /// An error whose message names its source, as thiserror's `{source}` does.
+    #[derive(Debug)]
+    struct Named {
+        source: std::io::Error,
+    }
+
+    impl std::fmt::Display for Named {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "cannot connect to h:1: {}", self.source)
+        }
+    }
+
+    impl std::error::Error for Named {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.source)
+        }
+    }
+
+    #[test]
+    fn a_cause_already_in_the_message_is_said_once() {
+        let io = std::io::Error::other("Connection refused (os error 111)");
+        let e = anyhow::Error::new(Named { source: io }).context("cannot log in");
+        assert_eq!(one_line(&e), "cannot log in: cannot connect to h:1: Connection refused (os error 111)");
+    }
+
+    #[test]
+    fn causes_not_in_the_message_are_chained() {
+        let e = anyhow::anyhow!("disk full").context("cannot save").context("cannot send");
+        assert_eq!(one_line(&e), "cannot send: cannot save: disk full");
     }
 }

@@ -60,6 +60,10 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let server = Server::bind(config)
         .await
         .with_context(|| format!("cannot start the server (data in {})", data_dir.display()))?;
+    // Signals are caught from here on, before the addresses are printed: a
+    // supervisor that stops the server as soon as it reads them gets a clean
+    // shutdown, not the default action of the signal.
+    let signals = Signals::catch().context("cannot catch SIGTERM and SIGINT")?;
     for addr in server.local_addrs() {
         println!("listening on {addr}");
     }
@@ -70,32 +74,43 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
     tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutting down");
+        signals.wait().await;
+        // Cancel first: nothing that follows may stand between the signal
+        // and the shutdown.
         trigger.cancel();
+        tracing::info!("shutting down");
     });
     server.run(shutdown).await;
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// The signals that stop the server, caught from the moment this is made.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn catch() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
         }
+        #[cfg(not(unix))]
+        Ok(Self {})
     }
-    #[cfg(not(unix))]
-    {
+
+    /// Until SIGTERM or SIGINT (Ctrl+C).
+    async fn wait(mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+        #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
     }
 }
