@@ -489,6 +489,7 @@ impl Frames {
 
     /// One frame, waiting for it; `None` once every outbox is gone or the
     /// last word was given (which this returns first).
+    #[cfg(any(test, feature = "bench"))] // the benches and tests take frames one by one
     pub async fn recv(&mut self) -> Option<Bytes> {
         loop {
             if let Some(frame) = self.pop() {
@@ -503,6 +504,7 @@ impl Frames {
     }
 
     /// One frame if one is queued.
+    #[cfg(any(test, feature = "bench"))] // the benches and tests take frames one by one
     pub fn try_recv(&mut self) -> Option<Bytes> {
         if let Some(frame) = self.pop() {
             return Some(frame);

@@ -18,9 +18,10 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TlsError {
-    /// A PEM file could not be opened or read.
+    /// A PEM file could not be opened or read. (`error` is in the message,
+    /// not a `source`: a caller that prints the chain would say it twice.)
     #[error(
-        "cannot read the TLS {what} file {path}: {source}; check the path and that the server may read it"
+        "cannot read the TLS {what} file {path}: {error}; check the path and that the server may read it"
     )]
     Read {
         /// The file.
@@ -28,7 +29,7 @@ pub enum TlsError {
         /// "certificate" or "private key".
         what: &'static str,
         /// Why.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A PEM file is not valid PEM (a broken section, bad base64).
     #[error("the TLS {what} file {path} is not valid PEM: {message}")]
@@ -157,7 +158,7 @@ fn provider() -> rustls::crypto::CryptoProvider {
 fn pem_error(e: pem::Error, path: &Path, what: &'static str) -> TlsError {
     let path = path.to_path_buf();
     let message = match e {
-        pem::Error::Io(source) => return TlsError::Read { path, what, source },
+        pem::Error::Io(error) => return TlsError::Read { path, what, error },
         pem::Error::NoItemsFound => {
             let expected = if what == "certificate" { CERT_SECTION } else { KEY_SECTION };
             return TlsError::Missing { path, what, expected };
