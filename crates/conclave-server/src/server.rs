@@ -139,8 +139,8 @@ impl Server {
         &self.fingerprint
     }
 
-    /// Bytes queued for this server's connections: now in all, and the most
-    /// one connection has held (stays valid after [`Server::run`] starts).
+    /// Bytes queued for this server's connections: the most one connection
+    /// has held (stays valid after [`Server::run`] starts).
     pub fn queue_stats(&self) -> Arc<crate::QueueStats> {
         self.shared.queue_stats.clone()
     }
