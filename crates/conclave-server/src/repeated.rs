@@ -147,6 +147,9 @@ pub enum Warning {
     HandshakeDeadline,
     /// Disconnected for not reading its events.
     SlowConsumer,
+    /// Closed for a frame that breaks the protocol: too large, undecodable,
+    /// out of place, or of another protocol version.
+    ProtocolError,
 }
 
 impl Warning {
@@ -162,6 +165,7 @@ impl Warning {
             Warning::TlsHandshake => "TLS handshakes failed or timed out",
             Warning::HandshakeDeadline => "connections closed at the handshake deadline",
             Warning::SlowConsumer => "connections closed for not reading (slow consumer)",
+            Warning::ProtocolError => "connections closed for breaking the protocol",
         }
     }
 }
@@ -170,7 +174,7 @@ impl Warning {
     /// Whether it is logged as a warning (refusals, disconnections) or as
     /// information (handshakes that failed: common on the open internet).
     fn is_warning(self) -> bool {
-        !matches!(self, Warning::TlsHandshake | Warning::HandshakeDeadline)
+        !matches!(self, Warning::TlsHandshake | Warning::HandshakeDeadline | Warning::ProtocolError)
     }
 }
 
