@@ -307,8 +307,6 @@ pub async fn run<R, W>(
             Flow::Continue(next) => {
                 if matches!(next, State::Ready(_)) {
                     climb = None;
-                    // Authenticated: no longer counts as waiting to sign in.
-                    session.waiting = None;
                 }
                 state = next;
             }
@@ -557,6 +555,11 @@ impl Session {
                     (_, body) => body,
                 };
                 let (next, result) = self.dispatch(state, body).await;
+                if matches!(next, State::Ready(_)) {
+                    // Authenticated: no longer counts as waiting to sign in,
+                    // from before the client can see the answer.
+                    self.waiting = None;
+                }
                 if self.reply(id, result) {
                     Flow::Continue(next)
                 } else {
