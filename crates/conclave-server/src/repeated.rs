@@ -104,8 +104,17 @@ impl<K: Hash + Eq + Clone> Repeated<K> {
     /// summaries of those that counted more than their first occurrence.
     /// Forgets the keys, so the table holds only recent peers.
     pub fn flush(&self, now: Instant) -> Vec<Summary<K>> {
+        self.end_windows(now, self.window)
+    }
+
+    /// Ends every window, however young (the server is stopping): the
+    /// summaries of those that counted more than their first occurrence.
+    pub fn finish(&self, now: Instant) -> Vec<Summary<K>> {
+        self.end_windows(now, Duration::ZERO)
+    }
+
+    fn end_windows(&self, now: Instant, window: Duration) -> Vec<Summary<K>> {
         let mut state = self.lock();
-        let window = self.window;
         let mut out = Vec::new();
         state.windows.retain(|key, w| {
             let over = now.saturating_duration_since(w.since);
@@ -239,6 +248,9 @@ mod tests {
         // "b" had one only: no summary when its window ends, and it is forgotten.
         assert!(r.flush(t0 + 80 * SEC).is_empty());
         assert_eq!(r.record("b", t0 + 81 * SEC).0, Occurrence::First);
+        // On stopping, young windows are summed up too.
+        r.record("b", t0 + 82 * SEC);
+        assert_eq!(r.finish(t0 + 83 * SEC), vec![Summary { key: Some("b"), count: 2, over: 2 * SEC }]);
     }
 
     #[test]

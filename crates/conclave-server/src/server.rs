@@ -166,7 +166,10 @@ impl Server {
             let mut tick = tokio::time::interval(WARNING_FLUSH);
             loop {
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = stop.cancelled() => {
+                        repeated::log_summaries(shared.warnings.finish(std::time::Instant::now()));
+                        return;
+                    }
                     _ = tick.tick() => {}
                 }
                 repeated::log_summaries(shared.warnings.flush(std::time::Instant::now()));
