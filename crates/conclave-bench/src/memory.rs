@@ -129,6 +129,8 @@ pub async fn run(target: Arc<Target>, accounts: Arc<Vec<Account>>, dir: &Path, w
     r.put("server_rss_1s_after_close_mib", mib(target.rss_kib()));
     tokio::time::sleep(Duration::from_secs(4)).await;
     r.put("server_rss_5s_after_close_mib", mib(target.rss_kib()));
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    r.put("server_rss_15s_after_close_mib", mib(target.rss_kib()));
     r.put("server_threads", target.threads());
     Ok(r)
 }

@@ -65,6 +65,29 @@ fn idle_holds_authenticated_connections_and_measures_memory() {
 }
 
 #[test]
+fn memory_pipelines_unread_syncs_and_reads_them_all() {
+    let v = json(&bench(&[
+        "memory",
+        "--registrations",
+        "2",
+        "--connections",
+        "2",
+        "--requests",
+        "20",
+        "--hold",
+        "0",
+    ]));
+    assert_eq!(v["scenario"], "memory");
+    assert_eq!(n(&v, "registrations"), 2);
+    assert_eq!(n(&v, "answers_read_on_one_connection"), 20);
+    // The room's creation and 17 messages: one answer holds them all.
+    assert_eq!(n(&v, "entries_per_answer"), 18);
+    for key in ["server_rss_idle_mib", "server_rss_peak_while_unread_mib", "server_rss_15s_after_close_mib"] {
+        assert!(v[key].as_f64().unwrap() > 0.0, "{key} in {v}");
+    }
+}
+
+#[test]
 fn durable_reports_fsync_on_and_off() {
     let v = json(&bench(&["durable", "--messages", "40", "--senders", "2"]));
     let runs = v.as_array().unwrap();

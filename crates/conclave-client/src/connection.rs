@@ -403,3 +403,20 @@ async fn read_loop(
     // Dropping the senders wakes every waiter with "closed".
     p.waiting.clear();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_handshake_the_server_closed_says_it_may_be_refusing() {
+        let eof = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "tls handshake eof");
+        let said = ClientError::Tls { address: "h:1".into(), source: explain_handshake_failure(eof) };
+        let said = said.to_string();
+        assert!(said.contains("closed the connection during the TLS handshake"), "{said}");
+        assert!(said.contains("refusing connections for a limit"), "{said}");
+        // Other failures keep their own words.
+        let other = std::io::Error::new(std::io::ErrorKind::InvalidData, "bad certificate");
+        assert_eq!(explain_handshake_failure(other).to_string(), "bad certificate");
+    }
+}

@@ -113,6 +113,16 @@ pub struct Waiting {
     pub evicted: CancellationToken,
 }
 
+/// The address a connection counts under: an IPv6 address by its /64 (one
+/// host usually owns a whole /64, so its 2^64 addresses do not each get the
+/// caps), as the login throttle groups them.
+pub fn source_key(ip: IpAddr) -> IpAddr {
+    match crate::throttle::Key::address(ip) {
+        crate::throttle::Key::Address(grouped) => grouped,
+        crate::throttle::Key::Account(_) => ip,
+    }
+}
+
 impl PerAddress {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Address>> {
         // Every change under this lock is a counter or a list operation that
@@ -120,7 +130,8 @@ impl PerAddress {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Admits a connection from `ip` as unauthenticated, or says why not.
+    /// Admits a connection from `ip` (grouped by [`source_key`]) as
+    /// unauthenticated, or says why not.
     /// Closing an older connection to make room cancels its
     /// [`Waiting::evicted`] token.
     pub fn admit(
@@ -129,6 +140,7 @@ impl PerAddress {
         caps: AddressCaps,
         now: Instant,
     ) -> Result<(AddressSlot, Waiting), Refusal> {
+        let ip = source_key(ip);
         let mut open = self.lock();
         let entry = open.entry(ip).or_default();
         if entry.open >= caps.max {
@@ -235,6 +247,18 @@ mod tests {
             table.lock().get(&"127.0.0.2".parse().unwrap()).is_none(),
             "an address with nothing open is forgotten"
         );
+    }
+
+    #[test]
+    fn ipv6_addresses_count_by_their_64() {
+        let table = Arc::new(PerAddress::default());
+        let caps = AddressCaps { max_waiting: 10, max: 2, ..CAPS };
+        let t0 = Instant::now();
+        let _a = table.admit("2001:db8:1:2::1".parse().unwrap(), caps, t0).unwrap();
+        let _b = table.admit("2001:db8:1:2:ffff::9".parse().unwrap(), caps, t0).unwrap();
+        let third = table.admit("2001:db8:1:2:1234:5678:9abc:def0".parse().unwrap(), caps, t0);
+        assert_eq!(third.err(), Some(Refusal::TooMany { max: 2 }), "the same /64");
+        assert!(table.admit("2001:db8:1:3::1".parse().unwrap(), caps, t0).is_ok(), "another /64");
     }
 
     #[test]

@@ -104,8 +104,17 @@ impl<K: Hash + Eq + Clone> Repeated<K> {
     /// summaries of those that counted more than their first occurrence.
     /// Forgets the keys, so the table holds only recent peers.
     pub fn flush(&self, now: Instant) -> Vec<Summary<K>> {
+        self.end_windows(now, self.window)
+    }
+
+    /// Ends every window, however young (the server is stopping): the
+    /// summaries of those that counted more than their first occurrence.
+    pub fn finish(&self, now: Instant) -> Vec<Summary<K>> {
+        self.end_windows(now, Duration::ZERO)
+    }
+
+    fn end_windows(&self, now: Instant, window: Duration) -> Vec<Summary<K>> {
         let mut state = self.lock();
-        let window = self.window;
         let mut out = Vec::new();
         state.windows.retain(|key, w| {
             let over = now.saturating_duration_since(w.since);
@@ -147,6 +156,9 @@ pub enum Warning {
     HandshakeDeadline,
     /// Disconnected for not reading its events.
     SlowConsumer,
+    /// Closed for a frame that breaks the protocol: too large, undecodable,
+    /// out of place, or of another protocol version.
+    ProtocolError,
 }
 
 impl Warning {
@@ -162,6 +174,7 @@ impl Warning {
             Warning::TlsHandshake => "TLS handshakes failed or timed out",
             Warning::HandshakeDeadline => "connections closed at the handshake deadline",
             Warning::SlowConsumer => "connections closed for not reading (slow consumer)",
+            Warning::ProtocolError => "connections closed for breaking the protocol",
         }
     }
 }
@@ -170,7 +183,7 @@ impl Warning {
     /// Whether it is logged as a warning (refusals, disconnections) or as
     /// information (handshakes that failed: common on the open internet).
     fn is_warning(self) -> bool {
-        !matches!(self, Warning::TlsHandshake | Warning::HandshakeDeadline)
+        !matches!(self, Warning::TlsHandshake | Warning::HandshakeDeadline | Warning::ProtocolError)
     }
 }
 
@@ -235,6 +248,9 @@ mod tests {
         // "b" had one only: no summary when its window ends, and it is forgotten.
         assert!(r.flush(t0 + 80 * SEC).is_empty());
         assert_eq!(r.record("b", t0 + 81 * SEC).0, Occurrence::First);
+        // On stopping, young windows are summed up too.
+        r.record("b", t0 + 82 * SEC);
+        assert_eq!(r.finish(t0 + 83 * SEC), vec![Summary { key: Some("b"), count: 2, over: 2 * SEC }]);
     }
 
     #[test]

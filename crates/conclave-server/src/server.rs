@@ -139,8 +139,8 @@ impl Server {
         &self.fingerprint
     }
 
-    /// Bytes queued for this server's connections: now in all, and the most
-    /// one connection has held (stays valid after [`Server::run`] starts).
+    /// Bytes queued for this server's connections: the most one connection
+    /// has held (stays valid after [`Server::run`] starts).
     pub fn queue_stats(&self) -> Arc<crate::QueueStats> {
         self.shared.queue_stats.clone()
     }
@@ -167,7 +167,10 @@ impl Server {
             let mut tick = tokio::time::interval(WARNING_FLUSH);
             loop {
                 tokio::select! {
-                    _ = stop.cancelled() => return,
+                    _ = stop.cancelled() => {
+                        repeated::log_summaries(shared.warnings.finish(std::time::Instant::now()));
+                        return;
+                    }
                     _ = tick.tick() => {}
                 }
                 repeated::log_summaries(shared.warnings.flush(std::time::Instant::now()));

@@ -235,6 +235,9 @@ pub async fn run<R, W>(
             // The kick token is a child of the shutdown token: one waiter for both.
             _ = session.kick.cancelled() => {
                 if shutdown.is_cancelled() {
+                    // The server logs its shutdown once; each connection's
+                    // close is a detail.
+                    tracing::debug!(%peer, "closing: server shutting down");
                     session.close_with(ErrorBody::new(ErrorCode::SHUTTING_DOWN, "server shutting down; reconnect later"));
                 } else {
                     let (frames, bytes) = (config.outbound_queue, config.outbound_bytes);
@@ -279,8 +282,7 @@ pub async fn run<R, W>(
             Ok(Some(frame)) => frame,
             Ok(None) => break,
             Err(ReadError::Decode(DecodeError::TooLarge { len, max })) => {
-                tracing::info!(%peer, len, max, "frame too large");
-                session.close_with(ErrorBody::new(
+                session.close_for_protocol(ErrorBody::new(
                     ErrorCode::FRAME_TOO_LARGE,
                     format!(
                         "frame of {len} bytes exceeds this server's limit of {max} bytes (--max-frame-bytes)"
@@ -289,8 +291,8 @@ pub async fn run<R, W>(
                 break;
             }
             Err(ReadError::Decode(e)) => {
-                tracing::info!(%peer, error = %e, "undecodable frame");
-                session.close_with(ErrorBody::new(ErrorCode::MALFORMED_FRAME, format!("{e}; closing")));
+                session
+                    .close_for_protocol(ErrorBody::new(ErrorCode::MALFORMED_FRAME, format!("{e}; closing")));
                 break;
             }
             Err(e) => {
@@ -305,8 +307,6 @@ pub async fn run<R, W>(
             Flow::Continue(next) => {
                 if matches!(next, State::Ready(_)) {
                     climb = None;
-                    // Authenticated: no longer counts as waiting to sign in.
-                    session.waiting = None;
                 }
                 state = next;
             }
@@ -474,6 +474,15 @@ impl Session {
         }
     }
 
+    /// Logs (once per kind and address a minute) and queues a
+    /// connection-level error for a frame that breaks the protocol; the
+    /// caller then closes.
+    fn close_for_protocol(&mut self, error: ErrorBody) {
+        let message = format!("closing: {} ({})", error.message, error.code);
+        repeated::note(&self.shared.warnings, Warning::ProtocolError, self.info.peer, &message);
+        self.close_with(error);
+    }
+
     /// Queues a connection-level error; the caller then closes.
     fn close_with(&mut self, error: ErrorBody) {
         self.closing = true;
@@ -493,7 +502,7 @@ impl Session {
         match (state, frame) {
             (state @ State::AwaitingHello, ClientFrame::Hello(hello)) => {
                 if hello.protocol_version != PROTOCOL_VERSION {
-                    self.close_with(ErrorBody::new(
+                    self.close_for_protocol(ErrorBody::new(
                         ErrorCode::VERSION_MISMATCH,
                         format!(
                             "protocol version mismatch: the client speaks {}, this server speaks {}; \
@@ -515,11 +524,14 @@ impl Session {
                 Flow::Continue(State::AwaitingAuth)
             }
             (state @ State::AwaitingHello, ClientFrame::Request { .. }) => {
-                self.close_with(ErrorBody::new(ErrorCode::UNEXPECTED_FRAME, "send Hello first"));
+                self.close_for_protocol(ErrorBody::new(ErrorCode::UNEXPECTED_FRAME, "send Hello first"));
                 Flow::Close(state)
             }
             (state, ClientFrame::Hello(_)) => {
-                self.close_with(ErrorBody::new(ErrorCode::UNEXPECTED_FRAME, "Hello was already exchanged"));
+                self.close_for_protocol(ErrorBody::new(
+                    ErrorCode::UNEXPECTED_FRAME,
+                    "Hello was already exchanged",
+                ));
                 Flow::Close(state)
             }
             (state, ClientFrame::Request { id, body }) => {
@@ -543,6 +555,11 @@ impl Session {
                     (_, body) => body,
                 };
                 let (next, result) = self.dispatch(state, body).await;
+                if matches!(next, State::Ready(_)) {
+                    // Authenticated: no longer counts as waiting to sign in,
+                    // from before the client can see the answer.
+                    self.waiting = None;
+                }
                 if self.reply(id, result) {
                     Flow::Continue(next)
                 } else {

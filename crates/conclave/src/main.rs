@@ -12,13 +12,11 @@ mod tui;
 
 use clap::Parser;
 
-#[cfg(feature = "jemalloc")]
+/// jemalloc returns freed memory to the OS (glibc's malloc kept what a wave
+/// of large answers or of Argon2 hashes had used: docs/RELIABILITY.md).
+#[cfg(all(feature = "jemalloc", not(target_env = "msvc")))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
-#[cfg(feature = "mimalloc")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();

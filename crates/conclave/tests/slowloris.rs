@@ -11,7 +11,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{profile, run, Served};
+use common::{fails, profile, run, Served};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -106,4 +106,29 @@ async fn idle_and_half_open_connections_are_closed_and_others_are_served() {
         "server memory grew from wave to wave: {after_wave:?} KiB"
     );
     s.stop();
+}
+
+/// Issue 14, item 3: connections from one address that never sign in used
+/// to leave a real client behind the same address with only "tls handshake
+/// eof". Now they fill their own cap, and the CLI says which limit refused it.
+#[tokio::test]
+async fn a_client_refused_for_a_limit_is_told_which() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Served::start(
+        &dir.path().join("data"),
+        &["--max-unauthenticated-per-address", "2", "--unauthenticated-grace", "60"],
+    );
+    let _bare = open(&s.addr, 2).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let alice = profile(&dir, "alice");
+    let out = run(
+        &alice,
+        &["--server", &s.addr, "--accept-new-server", "register", "alice", "--password-stdin"],
+        "correct horse\n",
+    );
+    let stderr = fails(&out);
+    assert!(
+        stderr.contains("have not signed in yet: at most 2 at once (--max-unauthenticated-per-address)"),
+        "{stderr}"
+    );
 }

@@ -87,7 +87,6 @@ async fn pipelined_large_answers_stay_within_the_byte_budget_and_are_all_served_
     let peak = s.queue_stats.peak_queued_bytes();
     assert!(peak > BUDGET / 4, "the answers were queued ({peak} bytes at most)");
     assert!(peak <= BUDGET, "at most {peak} bytes were queued for one connection; the budget is {BUDGET}");
-    assert!(s.queue_stats.queued_bytes() <= BUDGET);
 
     // Once the client reads, every answer comes, in order.
     let mut sizes = Vec::new();
