@@ -247,8 +247,8 @@ fn quit_right_after_a_line_keeps_the_line() {
     // The next run of alice's profile sends what was still queued (once).
     ok(&run(&alice, &["tail", "lab"], ""));
     let tail = ok(&run(&bob, &["tail", "lab"], ""));
-    assert_eq!(tail.matches("<Alice> said just before quitting").count(), 1, "{tail}");
-    assert_eq!(tail.matches("<Alice> said to a server that did not answer").count(), 1, "{tail}");
+    assert_eq!(tail.matches("<Alice (alice)> said just before quitting").count(), 1, "{tail}");
+    assert_eq!(tail.matches("<Alice (alice)> said to a server that did not answer").count(), 1, "{tail}");
     s.stop();
 }
 
@@ -395,20 +395,20 @@ fn tail_follow_reconnects_and_prints_each_line_once() {
 
     wait_line("bob joined #lab", false);
     ok(&run(&alice, &["send", "lab", "said live"], ""));
-    wait_line("<Alice> said live", false);
+    wait_line("<Alice (alice)> said live", false);
 
     s.stop();
     wait_line("connection lost", true);
     let s = Served::start_on(&dir.path().join("data"), &addr, &[]);
     ok(&run(&alice, &["send", "lab", "said after the restart"], ""));
-    wait_line("<Alice> said after the restart", false);
+    wait_line("<Alice (alice)> said after the restart", false);
     ok(&run(&alice, &["send", "lab", "and once more"], ""));
-    wait_line("<Alice> and once more", false);
+    wait_line("<Alice (alice)> and once more", false);
 
     let _ = tail.kill();
     let _ = tail.wait();
     for text in ["said live", "said after the restart", "and once more"] {
-        let lines = out.iter().filter(|l| l.ends_with(&format!("<Alice> {text}"))).count();
+        let lines = out.iter().filter(|l| l.ends_with(&format!("<Alice (alice)> {text}"))).count();
         assert_eq!(lines, 1, "{text:?} once: {out:#?}");
     }
     s.stop();
