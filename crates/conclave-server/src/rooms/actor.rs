@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use conclave_proto::{
     decode_entry, encode_entry, encode_to_bytes, validate_username, ClaimedKeyPackage, EntryBody, ErrorBody,
-    ErrorCode, Event, LogEntry, MemberInfo, Role, RoomSummary, ServerFrame, WelcomeItem, MAX_MESSAGE_BYTES,
+    Event, LogEntry, MemberInfo, Role, RoomSummary, ServerFrame, WelcomeItem, MAX_MESSAGE_BYTES,
 };
 use tokio::sync::mpsc;
 
@@ -75,10 +75,7 @@ pub struct RoomActor {
 
 fn internal(what: impl std::fmt::Display) -> RoomError {
     tracing::error!(%what, "room failure");
-    RoomError::Unavailable(ErrorBody::new(
-        ErrorCode::INTERNAL,
-        "internal server error; the server log has details",
-    ))
+    RoomError::Internal
 }
 
 fn now_ms() -> u64 {
