@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use conclave_proto::{
     decode_entry, encode_entry, encode_to_bytes, validate_username, ClaimedKeyPackage, EntryBody, ErrorBody,
-    ErrorCode, Event, LogEntry, MemberInfo, Role, RoomSummary, ServerFrame, WelcomeItem, MAX_MESSAGE_BYTES,
+    Event, LogEntry, MemberInfo, Role, RoomSummary, ServerFrame, WelcomeItem, MAX_MESSAGE_BYTES,
 };
 use tokio::sync::mpsc;
 
@@ -75,10 +75,7 @@ pub struct RoomActor {
 
 fn internal(what: impl std::fmt::Display) -> RoomError {
     tracing::error!(%what, "room failure");
-    RoomError::Unavailable(ErrorBody::new(
-        ErrorCode::INTERNAL,
-        "internal server error; the server log has details",
-    ))
+    RoomError::Internal
 }
 
 fn now_ms() -> u64 {
@@ -161,7 +158,7 @@ impl RoomActor {
                     match next {
                         Err(result) => {
                             let Some(w) = writing.pop_front() else { continue };
-                            if !self.finish(w, result, &mut writing) && !self.reload().await {
+                            if !self.finish(w, result, &mut writing) && !self.reload(&mut writing).await {
                                 return;
                             }
                             continue;
@@ -188,7 +185,7 @@ impl RoomActor {
                     Ok(None) => {}
                     Err(w) => {
                         self.fail_all(w, &mut writing);
-                        if !self.reload().await {
+                        if !self.reload(&mut writing).await {
                             return;
                         }
                     }
@@ -197,7 +194,7 @@ impl RoomActor {
                 // A non-member is answered at once: not after the writes in
                 // flight, which would tell them the room exists and is busy.
                 let Some(cmd) = self.refuse_outsider(cmd) else { continue };
-                if !self.drain(&mut writing).await && !self.reload().await {
+                if !self.drain(&mut writing).await && !self.reload(&mut writing).await {
                     return;
                 }
                 self.handle(cmd).await;
@@ -236,7 +233,8 @@ impl RoomActor {
     }
 
     /// Waits for every write in flight, answering and fanning out each in
-    /// order. Returns false if one failed (everything in flight is refused).
+    /// order. Returns false if one failed (everything in flight is refused,
+    /// and left in `writing` for [`Self::reload`] to wait for).
     async fn drain(&mut self, writing: &mut VecDeque<InFlight>) -> bool {
         while let Some(mut w) = writing.pop_front() {
             let result = (&mut w.done).await;
@@ -248,7 +246,8 @@ impl RoomActor {
     }
 
     /// A batch is durable (or not): answer it and fan it out. Returns false
-    /// if it failed (it and everything after it are refused).
+    /// if it failed (it and everything after it are refused; the later
+    /// batches stay in `later`, still on their way to disk).
     fn finish(&mut self, w: InFlight, result: Result<(), ErrorBody>, later: &mut VecDeque<InFlight>) -> bool {
         if let Err(e) = result {
             let mut w = w;
@@ -268,26 +267,36 @@ impl RoomActor {
     }
 
     /// Refuses a failed batch and everything written after it. Later batches
-    /// may have reached the disk all the same: their senders retry, and the
-    /// reloaded room answers the retries from the log.
+    /// may reach the disk all the same: their senders retry, and the
+    /// reloaded room answers the retries from the log. They stay in `later`
+    /// (answered), for [`Self::reload`] to wait for.
     fn fail_all(&mut self, w: InFlight, later: &mut VecDeque<InFlight>) {
         let error = w.error.clone().unwrap_or_else(|| internal("log write failed"));
         tracing::error!(room = %self.name, "a log write failed; the room reloads from storage");
-        for w in std::iter::once(w).chain(later.drain(..)) {
-            for (reply, _) in w.waiting {
+        for (reply, _) in w.waiting {
+            let _ = reply.send(Err(error.clone()));
+        }
+        for l in later.iter_mut() {
+            for (reply, _) in std::mem::take(&mut l.waiting) {
                 let _ = reply.send(Err(error.clone()));
             }
         }
     }
 
-    /// After a failed write: reloads the room's state from storage in place
-    /// (the same task, queue and subscribers), so that the room goes on from
-    /// what the disk has. Entries that reached the disk but were never fanned
-    /// out (batches after the failed one) are sent to the subscribers now.
+    /// After a failed write: waits for the batches still on their way to
+    /// disk (`writing`, already refused), then reloads the room's state from
+    /// storage in place (the same task, queue and subscribers), so that the
+    /// room goes on from what the disk has: a batch that lands after the
+    /// reload would take sequence numbers the room hands out again. Entries
+    /// that reached the disk but were never fanned out (batches after the
+    /// failed one) are sent to the subscribers now.
     /// Returns false if the room cannot be loaded: then every subscriber is
     /// disconnected (its client reconnects and re-syncs from the log) and the
     /// actor stops; the registry starts a fresh one on next use.
-    async fn reload(&mut self) -> bool {
+    async fn reload(&mut self, writing: &mut VecDeque<InFlight>) -> bool {
+        while let Some(mut w) = writing.pop_front() {
+            let _ = (&mut w.done).await;
+        }
         let fresh = match Self::load(self.shared.clone(), self.name.clone()).await {
             Ok(Some(fresh)) => fresh,
             Ok(None) => {

@@ -162,7 +162,8 @@ impl RoomHandle {
     /// [`Self::start`] for a handle from [`Rooms::open`], asked by `user` about
     /// `room`: a refusal as a non-member costs the same from a real room as
     /// from the absent one (which did its look-up of the asker's rooms before
-    /// its round trip; a real room does it after).
+    /// its round trip; a real room does it after), and says the same: it is
+    /// named here with the caller's `room`, as the absent room knows no name.
     pub async fn start_as<T>(
         &self,
         shared: &Arc<Shared>,

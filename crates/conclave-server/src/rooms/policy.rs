@@ -93,6 +93,9 @@ pub enum RoomError {
         /// The room.
         room: String,
     },
+    /// Something failed inside the server; the server log has the details.
+    #[error("internal server error; the server log has details")]
+    Internal,
     /// The server could not do it (storage, shutdown): already logged, and
     /// already worded for the client.
     #[error("{}", .0.message)]
@@ -128,6 +131,7 @@ impl From<RoomError> for ErrorBody {
             RoomError::NoKeyPackages(_) | RoomError::InvalidRole => ErrorCode::INVALID_REQUEST,
             RoomError::InvalidUsername(_) => ErrorCode::INVALID_USERNAME,
             RoomError::MessageTooLarge => ErrorCode::MESSAGE_TOO_LARGE,
+            RoomError::Internal => ErrorCode::INTERNAL,
             RoomError::Unavailable(body) => return body.clone(),
         };
         ErrorBody::new(code, e.to_string())

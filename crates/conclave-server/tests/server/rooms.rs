@@ -541,6 +541,75 @@ async fn a_room_whose_write_failed_keeps_delivering_to_connected_members() {
     s.stop().await;
 }
 
+/// After a failed write, a batch that was already on its way to disk lands
+/// all the same: the room waits for it before reloading, and sends it live to
+/// the members who stayed connected (its sender was refused, and a retry is
+/// answered from the log). The log writer is held back by a write lock taken
+/// through a second connection, so that the two sends are two batches in
+/// flight at once, and a trigger refuses the first.
+#[tokio::test]
+async fn a_batch_that_lands_after_a_failed_one_is_still_delivered_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = spawn_server_in(dir.path()).await;
+    let [mut alice, mut bob] = in_room(&s, "lab", ["alice", "bob"]).await;
+    let mut events = bob.chat.connection().take_events().unwrap();
+    bob.chat.subscribe().await.unwrap();
+    alice.chat.send("lab", "a real message").await.unwrap();
+    // Its ciphertext, sent again under new ids (the server only checks the epoch).
+    let EntryBody::Message { ciphertext, .. } =
+        sync_raw(&s, &alice, "lab").await.last().unwrap().body.clone()
+    else {
+        panic!("the last entry is the message")
+    };
+    let (refused, landed) = (1_000_001u64, 1_000_002u64);
+    let db = rusqlite::Connection::open(dir.path().join("data").join("server.db")).unwrap();
+    db.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+    db.execute_batch(&format!(
+        "CREATE TRIGGER refuse_one BEFORE INSERT ON log WHEN NEW.client_msg_id = {refused}
+         BEGIN SELECT RAISE(ABORT, 'injected fault: the disk refuses this write'); END;"
+    ))
+    .unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let conn = alice.chat.connection();
+    let send = |id| Request::Send { room: "lab".into(), client_msg_id: id, ciphertext: ciphertext.clone() };
+    let pause = std::time::Duration::from_millis(400);
+    let (first, second, ()) = tokio::join!(
+        conn.request(send(refused)),
+        async {
+            tokio::time::sleep(pause).await;
+            conn.request(send(landed)).await
+        },
+        async {
+            tokio::time::sleep(2 * pause).await;
+            db.execute_batch("COMMIT").unwrap();
+        },
+    );
+    assert_eq!(code(&first.unwrap_err()), ErrorCode::INTERNAL);
+    assert_eq!(code(&second.unwrap_err()), ErrorCode::INTERNAL, "refused with the failed batch before it");
+
+    // It is on disk all the same, and Bob, connected all along, gets it live.
+    let seq = loop {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(30), events.recv())
+            .await
+            .expect("the landed message never arrived live")
+            .expect("the connection stays open");
+        if let conclave_proto::Event::Entry { entry, .. } = event {
+            if matches!(entry.body, EntryBody::Message { client_msg_id, .. } if client_msg_id == landed) {
+                break entry.seq;
+            }
+        }
+    };
+    assert_eq!(
+        conn.request(send(landed)).await.unwrap(),
+        Response::Accepted { seq },
+        "a retry: from the log"
+    );
+    db.execute_batch("DROP TRIGGER refuse_one").unwrap();
+    alice.chat.send("lab", "and on").await.unwrap();
+    live(&mut events, &mut bob, "and on").await;
+    s.stop().await;
+}
+
 /// Handles `u`'s live events until the message `text` arrives.
 async fn live(
     events: &mut tokio::sync::mpsc::UnboundedReceiver<conclave_proto::Event>,

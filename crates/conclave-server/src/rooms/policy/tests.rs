@@ -326,6 +326,7 @@ fn room_errors_map_to_wire_errors_in_one_place() {
         ),
         (RoomError::NoSuchUser(dave().username), ErrorCode::NO_SUCH_USER, "there is no user named dave"),
         (RoomError::InvalidRole, ErrorCode::INVALID_REQUEST, "the role must be admin or member"),
+        (RoomError::Internal, ErrorCode::INTERNAL, "internal server error; the server log has details"),
         (
             RoomError::Unavailable(ErrorBody::new(ErrorCode::SHUTTING_DOWN, "bye")),
             ErrorCode::SHUTTING_DOWN,
