@@ -185,11 +185,12 @@ fn decrypt(
     }
     // A failed decryption must leave no trace in OpenMLS's state, while the
     // entry's bookkeeping is still committed: hence a savepoint.
-    tx.conn.execute_batch("SAVEPOINT decrypt").map_err(store::sql("starting to decrypt"))?;
+    // (Prepared once: a catch-up runs these for every message.)
+    store::run_cached(tx.conn, "SAVEPOINT decrypt").map_err(store::sql("starting to decrypt"))?;
     let processed = group.process_message(&tx.provider, message);
     let processed = match processed {
         Ok(p) => {
-            tx.conn.execute_batch("RELEASE decrypt").map_err(store::sql("finishing a decryption"))?;
+            store::run_cached(tx.conn, "RELEASE decrypt").map_err(store::sql("finishing a decryption"))?;
             p
         }
         Err(e) => {

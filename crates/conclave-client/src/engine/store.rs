@@ -128,8 +128,14 @@ pub(super) fn sql(doing: &str) -> impl FnOnce(rusqlite::Error) -> EngineError + 
     move |e| EngineError::Storage(format!("{doing}: {e}"))
 }
 
+/// Runs one statement without parameters through the connection's cache of
+/// prepared statements.
+pub(super) fn run_cached(conn: &Connection, statement: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(statement)?.execute([]).map(drop)
+}
+
 /// Opens (or creates, 0600) the database at `path`: WAL, `synchronous=NORMAL`,
-/// OpenMLS's migrations, then the engine's. Checks that the file belongs to
+/// temporary storage in memory, OpenMLS's migrations, then the engine's. Checks that the file belongs to
 /// this identity and device key (and records them in a new file).
 pub(super) fn open(path: &Path, identity: &str, public_key: &[u8]) -> Result<Connection, EngineError> {
     let shown = path.display();
@@ -139,6 +145,10 @@ pub(super) fn open(path: &Path, identity: &str, public_key: &[u8]) -> Result<Con
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql("setting the busy timeout"))?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(sql("switching to WAL"))?;
     conn.pragma_update(None, "synchronous", "NORMAL").map_err(sql("setting synchronous=NORMAL"))?;
+    // The savepoint around each decryption journals the pages it changes (the
+    // group's message secrets among them): in memory, not in a temporary file.
+    // Nothing there is needed after a crash; the WAL holds what was committed.
+    conn.pragma_update(None, "temp_store", "MEMORY").map_err(sql("setting temp_store=MEMORY"))?;
     SqliteStorageProvider::<CborCodec, &mut Connection>::new(&mut conn)
         .run_migrations()
         .map_err(|e| EngineError::Storage(format!("{shown}: OpenMLS storage migrations failed: {e}")))?;
