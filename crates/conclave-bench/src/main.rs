@@ -141,6 +141,20 @@ pub enum Scenario {
         #[arg(long, default_value_t = 5)]
         hold: u64,
     },
+    /// A device that was away catches up: one member sends N messages while
+    /// another member's device is offline, then that device reconnects and
+    /// replays the log (decrypted, stored in its history): messages/s.
+    Catchup {
+        /// Messages sent while the device was away.
+        #[arg(long, default_value_t = 10_000)]
+        messages: usize,
+        /// Plaintext bytes per message.
+        #[arg(long, default_value_t = 200)]
+        size: usize,
+        /// Catch-ups timed, each from a fresh copy of the away device's state.
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+    },
     /// MLS costs at several group sizes (in-process, no server).
     Mls {
         /// Group sizes, comma-separated.

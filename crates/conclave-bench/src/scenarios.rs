@@ -121,6 +121,16 @@ pub async fn run(cli: &Cli) -> Result<Vec<(String, Report)>> {
             let report = crate::memory::run(Arc::new(target), Arc::new(accounts), state.path(), wave).await?;
             Ok(vec![("memory".into(), report)])
         }
+        Scenario::Catchup { messages, size, repeat } => {
+            ensure!(messages >= 1, "--messages must be at least 1");
+            ensure!(repeat >= 1, "--repeat must be at least 1");
+            ensure!(
+                (16..=conclave_proto::MAX_MESSAGE_BYTES).contains(&size),
+                "--size must be between 16 and {} bytes",
+                conclave_proto::MAX_MESSAGE_BYTES
+            );
+            Ok(vec![("catchup".into(), catchup(cli, messages, size, repeat).await?)])
+        }
         Scenario::Mls { members, repeat } => {
             ensure!(members.iter().all(|&m| m >= 2), "--members: each group size must be at least 2");
             ensure!(repeat >= 1, "--repeat must be at least 1");
@@ -392,6 +402,151 @@ async fn login(cli: &Cli, clients: usize, members: usize, rate: f64, duration: u
         r.put("warning", "the storm outlasted the chat traffic: raise --duration");
     }
     Ok(r)
+}
+
+/// Sends the most requests a connection may have in flight at once (the
+/// server's limit is 1,024): the seeding keeps half of that.
+const SEED_WINDOW: usize = 512;
+
+/// One member (`c0`) sends `messages` messages while the device of another
+/// (`c1`) is away; then that device reconnects and catches up, `repeat`
+/// times, each from a copy of its state as it was when it went away. Timed:
+/// connecting, and `Chat::sync_room` (every message decrypted and stored in
+/// the device's history, ready to show), as `conclave tail` and the TUI do it.
+async fn catchup(cli: &Cli, messages: usize, size: usize, repeat: usize) -> Result<Report> {
+    let (target, accounts) = Target::start(&spec(cli, &[])?, "c", 2).await?;
+    let (target, accounts) = (Arc::new(target), Arc::new(accounts));
+    let state = tempfile::Builder::new().prefix("conclave-bench-clients-").tempdir()?;
+    let name = format!("catchup{}", target.tag);
+    let room = room::setup(&target, &accounts, 0..2, 2, cli.concurrency, state.path(), &name).await?;
+    let room::Room { mut chats, events, .. } = room;
+    drop(events);
+    // The away device: its connection closed, its state kept as it was.
+    let away_state = state.path().join(&accounts[1].username);
+    drop(chats.pop());
+    let snapshot = state.path().join("away-snapshot");
+    copy_dir(&away_state, &snapshot)?;
+
+    let sender = &mut chats[0];
+    let bar = crate::progress(messages as u64, "encrypting");
+    let mut ciphertexts = Vec::with_capacity(messages);
+    for k in 0..messages {
+        ciphertexts.push(sender.engine_mut().encrypt(&name, traffic::plaintext(0, k, size).as_bytes())?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let bar = crate::progress(messages as u64, "sending");
+    let seed_start = Instant::now();
+    let mut in_flight = std::collections::VecDeque::with_capacity(SEED_WINDOW);
+    for (k, ciphertext) in ciphertexts.into_iter().enumerate() {
+        if in_flight.len() >= SEED_WINDOW {
+            seeded(in_flight.pop_front(), &bar).await?;
+        }
+        let req =
+            conclave_proto::Request::Send { room: name.clone(), client_msg_id: k as u64 + 1, ciphertext };
+        in_flight.push_back(sender.connection().start_request(req).await?);
+    }
+    while !in_flight.is_empty() {
+        seeded(in_flight.pop_front(), &bar).await?;
+    }
+    let seed = seed_start.elapsed();
+    bar.finish_and_clear();
+
+    let mut connect_ms = Vec::new();
+    let mut catchup_ms = Vec::new();
+    let mut rates = Vec::new();
+    let mut server_cpu = Vec::new();
+    let bar = crate::progress(repeat as u64, "catching up");
+    for run in 0..repeat {
+        let dir = state.path().join(format!("away-{run}"));
+        copy_dir(&snapshot, &dir)?;
+        let start = Instant::now();
+        let c = crate::client::connect(&target, &accounts[1]).await?;
+        let mut chat = conclave_client::Chat::open(&dir, &accounts[1].device, c.conn, c.account)?;
+        let connected = start.elapsed();
+        let cpu_before = target.cpu_secs();
+        let t = Instant::now();
+        let updates = chat.sync_room(&name).await?;
+        let took = t.elapsed();
+        let cpu = target.cpu_secs().zip(cpu_before).map(|(a, b)| a - b);
+        // Every message must be there, decrypted, in order: a catch-up that
+        // dropped or garbled something would be fast for the wrong reason.
+        let rows: Vec<_> = updates
+            .iter()
+            .filter_map(|u| match u {
+                conclave_client::Update::Row(r) if r.kind == "message" => Some(r),
+                _ => None,
+            })
+            .collect();
+        ensure!(
+            rows.len() == messages,
+            "catch-up {run}: {} of {messages} messages decrypted ({} updates)",
+            rows.len(),
+            updates.len()
+        );
+        for (k, r) in rows.iter().enumerate() {
+            ensure!(r.text == traffic::plaintext(0, k, size), "catch-up {run}: message {k} is wrong");
+        }
+        let stored = chat.history(&name, 0, messages + 10)?.iter().filter(|r| r.kind == "message").count();
+        ensure!(stored == messages, "catch-up {run}: {stored} of {messages} messages in the history");
+        connect_ms.push(connected.as_secs_f64() * 1000.0);
+        catchup_ms.push(took.as_secs_f64() * 1000.0);
+        rates.push(messages as f64 / took.as_secs_f64().max(1e-9));
+        server_cpu.extend(cpu.map(|c| c / took.as_secs_f64().max(1e-9) * 100.0));
+        drop(chat);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let round = |v: f64| (v * 10.0).round() / 10.0;
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let mut r = Report::default();
+    r.put("messages", messages);
+    r.put("size_bytes", size);
+    r.put("repeat", repeat);
+    r.put("seed_s", (seed.as_secs_f64() * 1000.0).round() / 1000.0);
+    r.put("connect_ms", json!(connect_ms.iter().map(|&x| round(x)).collect::<Vec<_>>()));
+    r.put("catchup_ms", json!(catchup_ms.iter().map(|&x| round(x)).collect::<Vec<_>>()));
+    r.put("messages_per_s", json!(rates.iter().map(|x| x.round()).collect::<Vec<_>>()));
+    r.put("messages_per_s_median", median(&rates).round());
+    r.put("messages_per_s_best", rates.iter().copied().fold(0.0, f64::max).round());
+    let with_connect: Vec<f64> = catchup_ms.iter().zip(&connect_ms).map(|(a, b)| a + b).collect();
+    r.put("messages_per_s_with_connect_median", (messages as f64 / (median(&with_connect) / 1000.0)).round());
+    r.put("server_cpu_percent", json!(server_cpu.iter().map(|x| x.round()).collect::<Vec<_>>()));
+    r.put(
+        "note",
+        "messages_per_s = messages / Chat::sync_room (fetch, decrypt, store in history, rows ready to show), \
+         after connecting and authenticating; one member's device catching up on another's messages",
+    );
+    Ok(r)
+}
+
+/// Awaits one seeding send's answer.
+async fn seeded(answer: Option<conclave_client::Answer>, bar: &indicatif::ProgressBar) -> Result<()> {
+    let Some(answer) = answer else { return Ok(()) };
+    match answer.answer().await.context("seeding the room")? {
+        conclave_proto::Response::Accepted { .. } => {
+            bar.inc(1);
+            Ok(())
+        }
+        other => anyhow::bail!("seeding the room: unexpected answer {other:?}"),
+    }
+}
+
+/// Copies the files of `from` (not recursively) into a new directory `to`.
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name()))
+                .with_context(|| format!("copying {}", entry.path().display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// MLS costs with the client's real engine (SQLite-backed state, as

@@ -130,6 +130,18 @@ fn mls_times_every_step_at_each_size() {
 }
 
 #[test]
+fn catchup_decrypts_and_stores_every_message_over_several_pages() {
+    // 1,500 messages: two pages of the log (the client asks for 1,000 at a time).
+    let v = json(&bench(&["catchup", "--messages", "1500", "--size", "32", "--repeat", "2"]));
+    assert_eq!(v["scenario"], "catchup");
+    assert_eq!(n(&v, "messages"), 1500);
+    assert_eq!(v["catchup_ms"].as_array().unwrap().len(), 2);
+    assert_eq!(v["messages_per_s"].as_array().unwrap().len(), 2);
+    assert!(v["messages_per_s_median"].as_f64().unwrap() > 0.0);
+    assert!(v["messages_per_s_with_connect_median"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
 fn bad_flags_and_foreign_targets_are_refused_with_one_line() {
     for args in [
         &["fanout", "--senders", "0"][..],
@@ -137,6 +149,8 @@ fn bad_flags_and_foreign_targets_are_refused_with_one_line() {
         &["fanout", "--size", "1"],
         &["fanout", "--rate", "0"],
         &["mls", "--members", "1"],
+        &["catchup", "--messages", "0"],
+        &["catchup", "--repeat", "0"],
         &["idle", "--clients", "0"],
         &["idle", "--server", "192.0.2.1:7667", "--fingerprint", "SHA256:00"],
     ] {

@@ -27,8 +27,9 @@ pub const KEY_PACKAGES_TARGET: u32 = 20;
 /// Below this many KeyPackages on the server, upload more.
 pub const KEY_PACKAGES_LOW: u32 = 10;
 
-/// Entries asked for per `Sync` request.
-const SYNC_PAGE: u32 = 500;
+/// Entries asked for per `Sync` request: the most the server gives in one
+/// answer (it also stops at about 1 MiB).
+const SYNC_PAGE: u32 = 1000;
 
 /// What happened to a room while catching up, for a front end to show.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -259,6 +260,14 @@ impl Chat {
     }
 
     /// Replays a room's log from where this device left off.
+    ///
+    /// Pages of [`SYNC_PAGE`] entries are asked for one ahead: the next page
+    /// is requested as soon as one arrives, so the server reads it while this
+    /// device processes the one in hand. Each page is applied as one batch
+    /// (one SQLite transaction, [`Engine::apply_batch`]); a batch that fails
+    /// rolls back whole and its page is then applied one entry at a time,
+    /// which finds the entry at fault (a commit this device cannot follow
+    /// makes it rejoin).
     pub async fn sync_room(&mut self, raw: &str) -> Result<Vec<Update>, ClientError> {
         let room = room_name(raw)?;
         if !self.engine.has_group(&room) {
@@ -271,10 +280,10 @@ impl Chat {
             Err(e) if e.code() == Some(ErrorCode::NOT_A_MEMBER) => {}
             Err(e) => return Err(e),
         }
-        loop {
-            let after_seq = self.engine.last_seq(&room).map_err(mls)?;
-            let req = Request::Sync { room: room.clone(), after_seq, limit: SYNC_PAGE };
-            let (entries, more) = match self.conn.request(req).await {
+        let mut after_seq = self.engine.last_seq(&room).map_err(mls)?;
+        let mut next = Some(self.start_sync(&room, after_seq).await?);
+        while let Some(answer) = next.take() {
+            let (entries, more) = match answer.answer().await {
                 Ok(Response::Log { entries, more }) => (entries, more),
                 Ok(other) => return Err(unexpected(other)),
                 Err(e) if e.code() == Some(ErrorCode::NOT_A_MEMBER) && self.engine.has_group(&room) => {
@@ -285,36 +294,80 @@ impl Chat {
                 }
                 Err(e) => return Err(e),
             };
-            for entry in entries {
-                let gone = self.apply(&room, &entry, &mut updates).await?;
-                if gone {
-                    return Ok(updates);
-                }
+            let page_end = entries.last().map_or(after_seq, |e| e.seq);
+            if more {
+                next = Some(self.start_sync(&room, page_end).await?);
             }
-            if !more {
-                break;
+            if self.apply_page(&room, &entries, &mut updates).await? {
+                return Ok(updates);
+            }
+            after_seq = self.engine.last_seq(&room).map_err(mls)?;
+            if next.is_some() && after_seq != page_end {
+                // A rejoin moved this device elsewhere in the log: the page
+                // asked for ahead is not the one that follows now.
+                next = Some(self.start_sync(&room, after_seq).await?);
             }
         }
         Ok(updates)
     }
 
-    /// Applies one entry; true if it ended our membership.
-    async fn apply(
+    /// Asks for the page of `room`'s log after `after_seq`, without waiting.
+    async fn start_sync(&self, room: &str, after_seq: u64) -> Result<crate::connection::Answer, ClientError> {
+        self.conn.start_request(Request::Sync { room: room.to_owned(), after_seq, limit: SYNC_PAGE }).await
+    }
+
+    /// Applies one page of the log as one batch (falling back to one entry
+    /// at a time if the batch fails); true if it ended our membership.
+    async fn apply_page(
         &mut self,
         room: &str,
-        entry: &LogEntry,
+        entries: &[LogEntry],
         updates: &mut Vec<Update>,
     ) -> Result<bool, ClientError> {
+        let before = self.engine.last_seq(room).map_err(mls)?;
+        let batch: Vec<(Meta, Item<'_>)> = entries.iter().map(|e| self.entry_item(room, e)).collect();
+        let applied = match self.engine.apply_batch(room, &batch) {
+            Ok(applied) => applied,
+            Err(e) => {
+                // Rolled back whole: find the entry at fault one at a time.
+                tracing::debug!(%room, error = %e, "a batch of log entries failed; applying them one by one");
+                for entry in entries {
+                    if self.apply(room, entry, updates).await? {
+                        return Ok(true);
+                    }
+                }
+                return Ok(false);
+            }
+        };
+        let removed_at = match applied.last() {
+            Some(Applied::Commit { self_removed: true, .. }) => entries.get(applied.len() - 1).map(|e| e.seq),
+            _ => None,
+        };
+        let last = removed_at.map_or_else(|| self.engine.last_seq(room).map_err(mls), Ok)?;
+        if last > before {
+            let shown = usize::try_from(last - before).unwrap_or(usize::MAX).min(entries.len());
+            let rows = self.engine.history(room, before, shown).map_err(mls)?;
+            let wanted = |seq: u64| seq <= last && Some(seq) != removed_at;
+            updates.extend(rows.into_iter().filter(|r| wanted(r.seq)).map(Update::Row));
+        }
+        if removed_at.is_some() {
+            self.engine.forget_room(room).map_err(mls)?;
+            updates.push(Update::Removed { room: room.to_owned() });
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// What the engine needs to know about one log entry.
+    fn entry_item<'e>(&self, room: &str, entry: &'e LogEntry) -> (Meta, Item<'e>) {
         let me = &self.account;
         let mine = entry.sender == me.username && entry.sender_device == me.device_id;
-        let display = |names: &HashMap<String, String>, user: &str| {
-            names.get(user).cloned().unwrap_or_else(|| user.to_owned())
-        };
+        let sender_display = self.names.get(&entry.sender).cloned().unwrap_or_else(|| entry.sender.clone());
         let mut meta = Meta {
             seq: entry.seq,
             time_ms: entry.time_ms,
             sender: entry.sender.clone(),
-            sender_display: display(&self.names, &entry.sender),
+            sender_display,
             kind: String::new(),
             text: None,
             own_client_msg_id: None,
@@ -363,6 +416,17 @@ impl Chat {
                 Item::Skip
             }
         };
+        (meta, item)
+    }
+
+    /// Applies one entry; true if it ended our membership.
+    async fn apply(
+        &mut self,
+        room: &str,
+        entry: &LogEntry,
+        updates: &mut Vec<Update>,
+    ) -> Result<bool, ClientError> {
+        let (meta, item) = self.entry_item(room, entry);
         let applied = match self.engine.apply(room, &meta, item) {
             Ok(applied) => applied,
             Err(e @ crate::engine::EngineError::OutOfStep { .. }) => {

@@ -1,5 +1,5 @@
 //! Crash safety of the client (issue 6): a `conclave tail` process killed
-//! with SIGKILL while it catches up. Alice sends 300 messages while bob is
+//! with SIGKILL while it catches up. Alice sends 2,500 messages while bob is
 //! away, adding carol halfway (a commit: a new epoch). Bob is added to the
 //! room while away too, so his first catch-up starts with the Welcome. Then
 //! bob's `conclave tail lab` is started and killed, eight times: most kills
@@ -11,7 +11,11 @@
 //! in order, his profile's database must be intact, and he must still send
 //! and receive.
 //!
-//! Bounded: 300 messages, 8 kills, loopback only. No timing assertion: time
+//! The client applies the log a page (1,000 entries) per transaction, so
+//! 2,500 messages make three pages: a kill aimed past a page's end lands
+//! while the next page's transaction is open.
+//!
+//! Bounded: 2,500 messages, 8 kills, loopback only. No timing assertion: time
 //! only chooses when to kill. The random choices come from a seed printed at
 //! the start (`CONCLAVE_SYNC_KILL_SEED=…` replays them).
 
@@ -27,7 +31,7 @@ use std::time::{Duration, Instant};
 use common::{ok, open_chat, profile, run, Rng, Served, BIN};
 use conclave_client::ServerAddr;
 
-const MESSAGES: usize = 300;
+const MESSAGES: usize = 2_500;
 const KILLS: usize = 8;
 /// Longest a `tail` may run before the test calls it hung (not a timing
 /// assertion on the system's speed: a catch-up takes seconds).
@@ -121,7 +125,7 @@ async fn a_client_killed_while_catching_up_ends_with_every_message_once_in_order
         ));
     }
     ok(&run(&alice_dir, &["room", "create", "lab"], ""));
-    // Bob is away from here on: added, then 300 messages.
+    // Bob is away from here on: added, then the messages.
     ok(&run(&alice_dir, &["room", "add", "lab", "bob"], ""));
     let addr = ServerAddr::parse(&server.addr).unwrap();
     let mut alice = open_chat(&alice_dir, &addr).await.expect("alice connects");

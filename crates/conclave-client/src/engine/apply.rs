@@ -1,5 +1,10 @@
-//! Applying a room's log, one entry at a time and in order, each in one
+//! Applying a room's log in order: one entry, or a batch of them, in one
 //! transaction with `last_seq` and the history it produces.
+//!
+//! A batch is one transaction for many entries: it commits whole or rolls
+//! back whole (the group cache dropped with it), so the MLS state and
+//! `last_seq` still move together. Inside it, a failed decryption is still
+//! undone with its own savepoint and recorded as undecryptable.
 
 use openmls::prelude::tls_codec::DeserializeBytes as _;
 use openmls::prelude::{ContentType, MlsGroup, MlsMessageIn, ProcessedMessageContent, ProtocolMessage};
@@ -31,19 +36,63 @@ impl Engine {
     ///
     /// Commits also write `meta.text`, if any, as a notice.
     pub fn apply(&mut self, room: &str, meta: &Meta, item: Item<'_>) -> Result<Applied, EngineError> {
-        self.txn("applying a log entry", |tx| {
+        let mut applied = self.apply_entries(room, std::iter::once((meta, item)), "applying a log entry")?;
+        Ok(applied.pop().unwrap_or(Applied::Duplicate))
+    }
+
+    /// Processes consecutive log entries of `room`, in order, in **one**
+    /// transaction: each as [`Engine::apply`] would, with one write of
+    /// `last_seq` at the end. A catch-up pays one commit per batch instead of
+    /// one per entry.
+    ///
+    /// Returns what was done with each entry, in order. It stops after a
+    /// commit that removed this device (the last result is then
+    /// `Applied::Commit { self_removed: true, .. }`, and the entries after it
+    /// were not processed). An error rolls the whole batch back (MLS state,
+    /// history and `last_seq`, as if it was never given) and drops the group
+    /// cache: process the entries one at a time with [`Engine::apply`] to find
+    /// and handle the one that failed (an [`EngineError::OutOfStep`] commit
+    /// means rejoining by external commit).
+    pub fn apply_batch(
+        &mut self,
+        room: &str,
+        entries: &[(Meta, Item<'_>)],
+    ) -> Result<Vec<Applied>, EngineError> {
+        self.apply_entries(room, entries.iter().map(|(meta, item)| (meta, *item)), "applying log entries")
+    }
+
+    fn apply_entries<'m, 'i>(
+        &mut self,
+        room: &str,
+        entries: impl Iterator<Item = (&'m Meta, Item<'i>)>,
+        doing: &str,
+    ) -> Result<Vec<Applied>, EngineError> {
+        self.txn(doing, |tx| {
             let row =
                 store::room_row(tx.conn, room)?.ok_or_else(|| EngineError::NoSuchRoom(room.to_owned()))?;
-            if meta.seq <= row.last_seq {
-                return Ok(Applied::Duplicate);
+            let mut last_seq = row.last_seq;
+            let mut out = Vec::with_capacity(entries.size_hint().0);
+            for (meta, item) in entries {
+                if meta.seq <= last_seq {
+                    out.push(Applied::Duplicate);
+                    continue;
+                }
+                let applied = match item {
+                    Item::Skip => apply_skip(tx, room, meta)?,
+                    Item::Message(bytes) => apply_message(tx, room, meta, bytes)?,
+                    Item::Commit(bytes) => apply_commit(tx, room, meta, bytes)?,
+                };
+                last_seq = meta.seq;
+                let removed = matches!(applied, Applied::Commit { self_removed: true, .. });
+                out.push(applied);
+                if removed {
+                    break;
+                }
             }
-            let applied = match item {
-                Item::Skip => apply_skip(tx, room, meta)?,
-                Item::Message(bytes) => apply_message(tx, room, meta, bytes)?,
-                Item::Commit(bytes) => apply_commit(tx, room, meta, bytes)?,
-            };
-            store::set_last_seq(tx.conn, room, meta.seq)?;
-            Ok(applied)
+            if last_seq != row.last_seq {
+                store::set_last_seq(tx.conn, room, last_seq)?;
+            }
+            Ok(out)
         })
     }
 }
@@ -136,11 +185,12 @@ fn decrypt(
     }
     // A failed decryption must leave no trace in OpenMLS's state, while the
     // entry's bookkeeping is still committed: hence a savepoint.
-    tx.conn.execute_batch("SAVEPOINT decrypt").map_err(store::sql("starting to decrypt"))?;
+    // (Prepared once: a catch-up runs these for every message.)
+    store::run_cached(tx.conn, "SAVEPOINT decrypt").map_err(store::sql("starting to decrypt"))?;
     let processed = group.process_message(&tx.provider, message);
     let processed = match processed {
         Ok(p) => {
-            tx.conn.execute_batch("RELEASE decrypt").map_err(store::sql("finishing a decryption"))?;
+            store::run_cached(tx.conn, "RELEASE decrypt").map_err(store::sql("finishing a decryption"))?;
             p
         }
         Err(e) => {

@@ -12,8 +12,11 @@
 //! that holds both OpenMLS's writes and the engine's bookkeeping (`last_seq`,
 //! history, the pending commit). An error rolls all of it back, so a crash or a
 //! failure never leaves the MLS state and `last_seq` out of step, and the same
-//! log entry can be applied again. Groups are cached in memory between calls;
-//! a rolled-back call drops the cache, which is reloaded from the file.
+//! log entry can be applied again. [`Engine::apply_batch`] applies many log
+//! entries in one such transaction (a catch-up pays one commit per page of
+//! the log), which commits or rolls back whole. Groups are cached in memory
+//! between calls; a rolled-back call drops the cache, which is reloaded from
+//! the file.
 //!
 //! # Commits and the server
 //!

@@ -128,8 +128,14 @@ pub(super) fn sql(doing: &str) -> impl FnOnce(rusqlite::Error) -> EngineError + 
     move |e| EngineError::Storage(format!("{doing}: {e}"))
 }
 
+/// Runs one statement without parameters through the connection's cache of
+/// prepared statements.
+pub(super) fn run_cached(conn: &Connection, statement: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(statement)?.execute([]).map(drop)
+}
+
 /// Opens (or creates, 0600) the database at `path`: WAL, `synchronous=NORMAL`,
-/// OpenMLS's migrations, then the engine's. Checks that the file belongs to
+/// temporary storage in memory, OpenMLS's migrations, then the engine's. Checks that the file belongs to
 /// this identity and device key (and records them in a new file).
 pub(super) fn open(path: &Path, identity: &str, public_key: &[u8]) -> Result<Connection, EngineError> {
     let shown = path.display();
@@ -139,6 +145,10 @@ pub(super) fn open(path: &Path, identity: &str, public_key: &[u8]) -> Result<Con
     conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql("setting the busy timeout"))?;
     conn.pragma_update(None, "journal_mode", "WAL").map_err(sql("switching to WAL"))?;
     conn.pragma_update(None, "synchronous", "NORMAL").map_err(sql("setting synchronous=NORMAL"))?;
+    // The savepoint around each decryption journals the pages it changes (the
+    // group's message secrets among them): in memory, not in a temporary file.
+    // Nothing there is needed after a crash; the WAL holds what was committed.
+    conn.pragma_update(None, "temp_store", "MEMORY").map_err(sql("setting temp_store=MEMORY"))?;
     SqliteStorageProvider::<CborCodec, &mut Connection>::new(&mut conn)
         .run_migrations()
         .map_err(|e| EngineError::Storage(format!("{shown}: OpenMLS storage migrations failed: {e}")))?;
@@ -253,11 +263,11 @@ pub(super) struct RoomRow {
 }
 
 pub(super) fn room_row(conn: &Connection, room: &str) -> Result<Option<RoomRow>, EngineError> {
-    conn.query_row("SELECT group_id, last_seq FROM room_state WHERE room = ?1", [room], |r| {
-        Ok(RoomRow { group_id: r.get(0)?, last_seq: r.get(1)? })
-    })
-    .optional()
-    .map_err(sql("reading the room state"))
+    conn.prepare_cached("SELECT group_id, last_seq FROM room_state WHERE room = ?1")
+        .and_then(|mut stmt| {
+            stmt.query_row([room], |r| Ok(RoomRow { group_id: r.get(0)?, last_seq: r.get(1)? })).optional()
+        })
+        .map_err(sql("reading the room state"))
 }
 
 pub(super) fn put_room(
@@ -277,7 +287,8 @@ pub(super) fn put_room(
 
 pub(super) fn set_last_seq(conn: &Connection, room: &str, seq: u64) -> Result<bool, EngineError> {
     let n = conn
-        .execute("UPDATE room_state SET last_seq = ?2 WHERE room = ?1", params![room, seq])
+        .prepare_cached("UPDATE room_state SET last_seq = ?2 WHERE room = ?1")
+        .and_then(|mut stmt| stmt.execute(params![room, seq]))
         .map_err(sql("advancing the room's last sequence number"))?;
     Ok(n == 1)
 }
@@ -309,10 +320,8 @@ impl PendingKind {
 
 pub(super) fn pending(conn: &Connection, room: &str) -> Result<Option<(PendingKind, Vec<u8>)>, EngineError> {
     let row: Option<(String, Vec<u8>)> = conn
-        .query_row("SELECT kind, commit_bytes FROM pending_commit WHERE room = ?1", [room], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .optional()
+        .prepare_cached("SELECT kind, commit_bytes FROM pending_commit WHERE room = ?1")
+        .and_then(|mut stmt| stmt.query_row([room], |r| Ok((r.get(0)?, r.get(1)?))).optional())
         .map_err(sql("reading the pending commit"))?;
     match row {
         None => Ok(None),
@@ -346,7 +355,8 @@ pub(super) fn put_pending(
 }
 
 pub(super) fn clear_pending(conn: &Connection, room: &str) -> Result<(), EngineError> {
-    conn.execute("DELETE FROM pending_commit WHERE room = ?1", [room])
+    conn.prepare_cached("DELETE FROM pending_commit WHERE room = ?1")
+        .and_then(|mut stmt| stmt.execute([room]))
         .map_err(sql("clearing the pending commit"))?;
     Ok(())
 }
@@ -362,11 +372,13 @@ pub(super) struct NewRow<'a> {
 }
 
 pub(super) fn put_history(conn: &Connection, room: &str, row: &NewRow<'_>) -> Result<(), EngineError> {
-    conn.execute(
+    conn.prepare_cached(
         "INSERT OR REPLACE INTO history (room, seq, time_ms, sender, sender_display, kind, text)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![room, row.seq, row.time_ms, row.sender, row.sender_display, row.kind, row.text],
     )
+    .and_then(|mut stmt| {
+        stmt.execute(params![room, row.seq, row.time_ms, row.sender, row.sender_display, row.kind, row.text])
+    })
     .map_err(sql("writing the room history"))?;
     Ok(())
 }
@@ -378,15 +390,12 @@ pub(super) fn take_outgoing(
     client_msg_id: u64,
 ) -> Result<Option<String>, EngineError> {
     let text: Option<String> = conn
-        .query_row(
-            "SELECT text FROM outgoing WHERE client_msg_id = ?1 AND room = ?2",
-            params![client_msg_id, room],
-            |r| r.get(0),
-        )
-        .optional()
+        .prepare_cached("SELECT text FROM outgoing WHERE client_msg_id = ?1 AND room = ?2")
+        .and_then(|mut stmt| stmt.query_row(params![client_msg_id, room], |r| r.get(0)).optional())
         .map_err(sql("reading the outgoing queue"))?;
     if text.is_some() {
-        conn.execute("DELETE FROM outgoing WHERE client_msg_id = ?1", [client_msg_id])
+        conn.prepare_cached("DELETE FROM outgoing WHERE client_msg_id = ?1")
+            .and_then(|mut stmt| stmt.execute([client_msg_id]))
             .map_err(sql("updating the outgoing queue"))?;
     }
     Ok(text)

@@ -537,6 +537,165 @@ fn undecryptable_entries_do_not_disturb_the_group() {
     assert_eq!(kinds, ["undecryptable", "undecryptable", "message"]);
 }
 
+impl Log {
+    /// The entries after the device's last_seq, as one batch.
+    fn batch(&self, dev: &Dev) -> Vec<(Meta, Item<'_>)> {
+        let from = dev.e.last_seq(ROOM).unwrap();
+        (from + 1..=self.entries.len() as u64).map(|seq| self.item(seq, &dev.identity)).collect()
+    }
+}
+
+/// Makes the next history row written for `seq` fail, as a fault at that point would.
+fn fault_when_history_gets(dev: &Dev, seq: u64) {
+    dev.e
+        .conn
+        .execute_batch(&format!(
+            "CREATE TEMP TRIGGER fault BEFORE INSERT ON history WHEN NEW.seq = {seq}
+             BEGIN SELECT RAISE(ABORT, 'simulated fault'); END;"
+        ))
+        .unwrap();
+}
+
+#[test]
+fn batch_applies_like_one_entry_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut alice, mut bob, mut carol, mut log) = three(dir.path());
+    log.send(&mut alice, 1, "one");
+    log.notice("a notice");
+    let out = alice.e.self_update(ROOM).unwrap();
+    log.commit_noted(&alice, &out, "alice updated");
+    alice.e.merge_pending(ROOM).unwrap();
+    log.send(&mut alice, 2, "two, in the new epoch");
+    log.send(&mut carol, 1, "from carol");
+
+    let one_by_one = log.sync(&mut carol);
+    let batch = log.batch(&bob);
+    let applied = bob.e.apply_batch(ROOM, &batch).unwrap();
+    assert_eq!(
+        applied,
+        [
+            message("one", "alice:1"),
+            Applied::Skipped,
+            Applied::Commit { epoch: 2, self_removed: false },
+            message("two, in the new epoch", "alice:1"),
+            message("from carol", "carol:1"),
+        ]
+    );
+    assert_eq!(bob.e.last_seq(ROOM).unwrap(), log.entries.len() as u64);
+    assert_eq!(bob.e.epoch(ROOM).unwrap(), 2);
+    // carol's own message is Skipped for her, a message for bob; the rest match.
+    assert_eq!(one_by_one.len(), applied.len());
+    let bob_rows: Vec<_> = texts(&bob).into_iter().map(|(k, _, t)| (k, t)).collect();
+    let carol_rows: Vec<_> = texts(&carol).into_iter().map(|(k, _, t)| (k, t)).collect();
+    assert_eq!(bob_rows, carol_rows);
+    // Given again, every entry is a duplicate and nothing changes.
+    let again: Vec<(Meta, Item<'_>)> =
+        (2..=log.entries.len() as u64).map(|s| log.item(s, &bob.identity)).collect();
+    assert!(bob.e.apply_batch(ROOM, &again).unwrap().iter().all(|a| *a == Applied::Duplicate));
+    assert_eq!(texts(&bob).len(), 5);
+    // An empty batch changes nothing either.
+    assert!(bob.e.apply_batch(ROOM, &[]).unwrap().is_empty());
+}
+
+#[test]
+fn failed_batch_rolls_back_whole_and_applies_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut alice, mut bob, _carol, mut log) = three(dir.path());
+    for i in 1..=3 {
+        log.send(&mut alice, i, &format!("before the commit {i}"));
+    }
+    let out = alice.e.self_update(ROOM).unwrap();
+    log.commit(&alice, &out);
+    alice.e.merge_pending(ROOM).unwrap();
+    let fault_at = log.send(&mut alice, 4, "after the commit");
+    log.send(&mut alice, 5, "last");
+    let (before_seq, before_epoch) = (bob.e.last_seq(ROOM).unwrap(), bob.e.epoch(ROOM).unwrap());
+
+    let batch = log.batch(&bob);
+    // A fault after three decryptions and a merged commit, then one at the
+    // very end (the write of last_seq, with the group held in the cache at
+    // its new epoch): either way all of it is undone.
+    let last = log.entries.len() as u64;
+    for fault in ["history", "last_seq"] {
+        match fault {
+            "history" => fault_when_history_gets(&bob, fault_at),
+            _ => crash_when_last_seq_becomes(&bob, last),
+        }
+        let err = bob.e.apply_batch(ROOM, &batch).unwrap_err();
+        assert!(err.to_string().contains("simulated"), "{fault}: {err}");
+        assert_eq!(bob.e.last_seq(ROOM).unwrap(), before_seq, "{fault}");
+        assert_eq!(bob.e.epoch(ROOM).unwrap(), before_epoch, "{fault}: the commit's merge was rolled back");
+        assert!(texts(&bob).is_empty(), "{fault}");
+        let trigger = if fault == "history" { "fault" } else { "crash" };
+        bob.e.conn.execute_batch(&format!("DROP TRIGGER {trigger}")).unwrap();
+    }
+
+    // Had the ratchet steps or the merged group survived (on disk, or in the
+    // group cache), this would fail: a SecretReuseError, or a commit for a
+    // past epoch.
+    let applied = bob.e.apply_batch(ROOM, &batch).unwrap();
+    assert_eq!(applied.len(), 6);
+    assert_eq!(applied[3], Applied::Commit { epoch: before_epoch + 1, self_removed: false });
+    assert_eq!(applied[5], message("last", "alice:1"));
+    assert_eq!(texts(&bob).len(), 5);
+    assert_eq!(bob.e.last_seq(ROOM).unwrap(), log.entries.len() as u64);
+
+    // The same holds across a restart: what is on disk is the state before.
+    let (mut alice2, mut bob2, _c, mut log2) = {
+        let dir2 = dir.path().join("second");
+        std::fs::create_dir_all(&dir2).unwrap();
+        three(&dir2)
+    };
+    log2.send(&mut alice2, 1, "first");
+    let fault_at = log2.send(&mut alice2, 2, "second");
+    fault_when_history_gets(&bob2, fault_at);
+    assert!(bob2.e.apply_batch(ROOM, &log2.batch(&bob2)).is_err());
+    let mut bob2 = bob2.reopen();
+    assert_eq!(bob2.e.apply_batch(ROOM, &log2.batch(&bob2)).unwrap().len(), 2);
+    assert_eq!(texts(&bob2).len(), 2);
+}
+
+#[test]
+fn batch_records_undecryptable_entries_and_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut alice, mut bob, _carol, mut log) = three(dir.path());
+    log.send(&mut alice, 1, "readable");
+    let junk = log.push("alice:1", Body::Message(b"junk".to_vec()), None, None);
+    // A real ciphertext handed twice: the second cannot be decrypted again.
+    let Body::Message(ct) = &log.entries[1].body else { panic!() };
+    let ct = ct.clone();
+    log.push("alice:1", Body::Message(ct), None, None);
+    log.send(&mut alice, 2, "still readable");
+    let applied = bob.e.apply_batch(ROOM, &log.batch(&bob)).unwrap();
+    assert_eq!(applied[0], message("readable", "alice:1"));
+    assert!(matches!(applied[1], Applied::Undecryptable(_)), "{:?}", applied[1]);
+    assert!(matches!(applied[2], Applied::Undecryptable(_)), "{:?}", applied[2]);
+    assert_eq!(applied[3], message("still readable", "alice:1"));
+    let kinds: Vec<String> = texts(&bob).into_iter().map(|r| r.0).collect();
+    assert_eq!(kinds, ["message", "undecryptable", "undecryptable", "message"]);
+    assert_eq!(bob.e.last_seq(ROOM).unwrap(), junk + 2);
+}
+
+#[test]
+fn batch_stops_after_the_commit_that_removes_this_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut alice, mut bob, _carol, mut log) = three(dir.path());
+    log.send(&mut alice, 1, "before");
+    let bob_leaf = leaf_of(&mut alice, "bob:1");
+    let out = alice.e.remove_leaves(ROOM, &[bob_leaf]).unwrap();
+    let removal = log.commit(&alice, &out);
+    alice.e.merge_pending(ROOM).unwrap();
+    log.send(&mut alice, 2, "after");
+    let out = alice.e.self_update(ROOM).unwrap();
+    log.commit(&alice, &out);
+    alice.e.merge_pending(ROOM).unwrap();
+
+    let applied = bob.e.apply_batch(ROOM, &log.batch(&bob)).unwrap();
+    assert_eq!(applied.len(), 2, "{applied:?}");
+    assert!(matches!(applied[1], Applied::Commit { self_removed: true, .. }));
+    assert_eq!(bob.e.last_seq(ROOM).unwrap(), removal);
+}
+
 #[test]
 fn last_resort_key_package_serves_more_than_one_welcome() {
     let dir = tempfile::tempdir().unwrap();
