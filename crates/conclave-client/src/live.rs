@@ -21,7 +21,11 @@
 //!   commands are refused with a clear line. It reconnects with exponential
 //!   backoff ([`BACKOFF_START`] doubling up to [`BACKOFF_MAX`]) through its
 //!   [`Dialer`], which trusts only the certificate the first connection
-//!   trusted.
+//!   trusted, and keeps its engine (one per profile and process). An
+//!   attempt that fails for a reason retrying cannot cure (a changed
+//!   certificate, a device or account gone from the server, an unreadable
+//!   profile: not [`ClientError::is_transient`]) ends the session with
+//!   [`LiveEvent::Stopped`], which says what to do.
 //!
 //! Every message is written to the on-disk queue **before** any network
 //! work, and the queue is what gets sent. Stopping the session (dropping
@@ -44,7 +48,7 @@ use std::time::Duration;
 use conclave_proto::{AccountInfo, Event as ServerEvent, MemberInfo, Role, RoomSummary};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{connect_tls, Chat, ClientError, HistoryRow, Profile, ServerAddr, Update};
+use crate::{connect_tls, Chat, ClientError, Connection, DeviceKey, HistoryRow, Profile, ServerAddr, Update};
 
 /// The first wait before reconnecting; doubled after each failed attempt.
 pub const BACKOFF_START: Duration = Duration::from_millis(500);
@@ -78,8 +82,22 @@ impl Dialer {
     }
 
     /// Connects, authenticates as the profile's device and opens its
-    /// engine. Catching up is the caller's (the session's) next step.
+    /// engine. Catching up is the caller's next step. A session reconnects
+    /// with [`Dialer::connect`] instead, keeping its engine.
     pub async fn dial(&self) -> Result<Chat, ClientError> {
+        let (profile, device) = self.device()?;
+        let (conn, account) = self.authenticate(&device).await?;
+        Chat::open(profile.dir(), &device, conn, account)
+    }
+
+    /// Connects and authenticates as the profile's device, without opening
+    /// its engine (the caller already has it open: see [`Chat::reconnected`]).
+    pub async fn connect(&self) -> Result<(Connection, AccountInfo), ClientError> {
+        let (_, device) = self.device()?;
+        self.authenticate(&device).await
+    }
+
+    fn device(&self) -> Result<(Profile, DeviceKey), ClientError> {
         let profile = Profile::open(&self.profile_dir)?;
         let Some(device) = profile.device_key()? else {
             return Err(ClientError::Invalid(format!(
@@ -87,9 +105,13 @@ impl Dialer {
                 self.profile_dir.display()
             )));
         };
+        Ok((profile, device))
+    }
+
+    async fn authenticate(&self, device: &DeviceKey) -> Result<(Connection, AccountInfo), ClientError> {
         let conn = connect_tls(&self.server, Some(&self.fingerprint)).await?.hello().await?;
-        let account = conn.authenticate(&device).await?;
-        Chat::open(profile.dir(), &device, conn, account)
+        let account = conn.authenticate(device).await?;
+        Ok((conn, account))
     }
 }
 
@@ -152,6 +174,15 @@ pub enum LiveEvent {
     /// The connection is gone; reconnecting.
     Disconnected {
         /// Why.
+        error: String,
+    },
+    /// The session stopped for good: reconnecting failed for a reason that
+    /// retrying cannot cure (the server's certificate changed, this device
+    /// or account is no longer on the server, the profile cannot be read).
+    /// Nothing more follows. Messages sent from now on are not queued;
+    /// those already queued stay on disk for the next start.
+    Stopped {
+        /// What is wrong and what to do, in a sentence or two.
         error: String,
     },
     /// A reconnection attempt failed; the next one follows after `delay`.
@@ -395,10 +426,17 @@ impl Session {
                     }
                 }
                 attempt += 1;
-                match self.dialer.dial().await {
-                    Ok(chat) => {
-                        self.chat = chat;
+                match self.dialer.connect().await {
+                    Ok((conn, account)) => {
+                        // The same engine: one per profile and process.
+                        self.chat.reconnected(conn, account);
                         break;
+                    }
+                    Err(e) if !e.is_transient() => {
+                        self.emit(LiveEvent::Stopped {
+                            error: format!("cannot reconnect, and retrying will not help: {e}"),
+                        });
+                        return;
                     }
                     Err(e) => {
                         backoff = (backoff * 2).min(BACKOFF_MAX);

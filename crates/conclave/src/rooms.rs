@@ -198,6 +198,7 @@ fn emit(room: &str, event: LiveEvent, json: bool, names: &mut RoomNames) -> anyh
             bail!("you are no longer a member of #{r}");
         }
         LiveEvent::Disconnected { error } => eprintln!("* connection lost ({error}); reconnecting"),
+        LiveEvent::Stopped { error } => bail!("{error}"),
         LiveEvent::Reconnecting { error, delay, .. } => {
             eprintln!("* reconnect failed: {error}; next try in {:.0}s", delay.as_secs_f32());
         }
