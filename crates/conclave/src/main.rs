@@ -6,6 +6,7 @@ mod account;
 mod admin;
 mod cli;
 mod connect;
+mod output;
 mod rooms;
 mod serve;
 mod tui;
@@ -64,6 +65,9 @@ fn main() -> std::process::ExitCode {
     };
     match runtime.block_on(cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // The reader of standard output went away (`| head`): it had what
+        // it wanted. Quietly, and successfully (see `output`).
+        Err(e) if output::is_stdout_closed(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
             std::process::ExitCode::FAILURE
