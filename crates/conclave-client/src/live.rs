@@ -303,6 +303,9 @@ pub struct Session {
     queued: Vec<Queued>,
     /// Rows read from now on are news.
     live: bool,
+    /// Started offline ([`Session::offline`]): why the first connection
+    /// failed.
+    offline: Option<String>,
 }
 
 /// The front end's end of a session started by [`Session::spawn`].
@@ -353,7 +356,25 @@ impl Session {
             shown,
             queued: Vec::new(),
             live: false,
+            offline: None,
         };
+        (session, rx)
+    }
+
+    /// A session that starts offline: `chat` holds the profile's engine
+    /// over a connection that never opened ([`Connection::never_opened`]),
+    /// because the server could not be reached (`error`, a passing
+    /// failure). It hands over the local history, says
+    /// [`LiveEvent::Disconnected`], queues messages on disk, and connects
+    /// with backoff as after a loss.
+    pub fn offline(
+        dialer: Dialer,
+        chat: Chat,
+        options: Options,
+        error: String,
+    ) -> (Session, mpsc::UnboundedReceiver<LiveEvent>) {
+        let (mut session, rx) = Session::new(dialer, chat, options);
+        session.offline = Some(error);
         (session, rx)
     }
 
@@ -405,9 +426,15 @@ impl Session {
 
     async fn serve(&mut self, commands: &mut mpsc::UnboundedReceiver<Command>) {
         loop {
-            let error = match self.online(commands).await {
-                Exit::Quit => return,
-                Exit::Lost(error) => error,
+            let error = match self.offline.take() {
+                Some(error) => {
+                    self.flush_local();
+                    error
+                }
+                None => match self.online(commands).await {
+                    Exit::Quit => return,
+                    Exit::Lost(error) => error,
+                },
             };
             self.live = true;
             self.emit(LiveEvent::Disconnected { error });
@@ -453,12 +480,7 @@ impl Session {
             return Exit::Lost("the connection's events were already taken".into());
         };
         self.emit(LiveEvent::CatchingUp(self.chat.account().clone()));
-        // What this device already holds, before any network work.
-        if let Ok(rooms) = self.chat.local_rooms() {
-            for room in rooms {
-                self.flush(&room);
-            }
-        }
+        self.flush_local();
         // Subscribe first, then catch up: nothing falls between the two.
         if let Err(e) = self.catch_up().await {
             if let Some(lost) = self.lost() {
@@ -510,6 +532,15 @@ impl Session {
         }
         self.flush_all();
         Ok(())
+    }
+
+    /// Hands over what this device already holds, before any network work.
+    fn flush_local(&mut self) {
+        if let Ok(rooms) = self.chat.local_rooms() {
+            for room in rooms {
+                self.flush(&room);
+            }
+        }
     }
 
     fn wanted(&self, room: &str) -> bool {

@@ -78,7 +78,7 @@ fn main() -> std::process::ExitCode {
 /// An error and its causes on one line, most specific last. A cause that
 /// its error's message already ends with (a message that names its source)
 /// is not said twice.
-fn one_line(e: &anyhow::Error) -> String {
+pub(crate) fn one_line(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain().map(ToString::to_string) {
         if line.is_empty() {

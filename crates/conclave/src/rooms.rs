@@ -6,8 +6,8 @@ use std::io::{IsTerminal, Read, Write};
 use anyhow::{bail, Context};
 use chrono::TimeZone;
 use conclave_client::live::{Dialer, LiveEvent, Options, Session};
-use conclave_client::{Chat, HistoryRow, RoomNames};
-use conclave_proto::Role;
+use conclave_client::{Chat, ClientError, Connection, HistoryRow, RoomNames};
+use conclave_proto::{AccountInfo, Role};
 
 use crate::account::authenticated;
 use crate::cli::{GlobalOpts, RoomCommand, SendArgs, TailArgs};
@@ -27,6 +27,41 @@ pub(crate) async fn connect_chat(opts: &GlobalOpts) -> anyhow::Result<(Chat, Dia
     let dialer = Dialer::new(profile.dir(), addr, conn.fingerprint());
     let chat = Chat::open(profile.dir(), &device, conn, account)?;
     Ok((chat, dialer))
+}
+
+/// [`connect_chat`], or, when the server cannot be reached for a passing
+/// reason (it is down, the network is), the profile's engine over a
+/// connection that never opened, with the reason: the caller starts its
+/// session offline (local history, messages queued on disk, reconnecting).
+/// Only for a profile that has an account and a pinned certificate for the
+/// server: first contact needs the server.
+pub(crate) async fn connect_chat_or_offline(
+    opts: &GlobalOpts,
+) -> anyhow::Result<(Chat, Dialer, Option<String>)> {
+    let error = match connect_chat(opts).await {
+        Ok((chat, dialer)) => return Ok((chat, dialer, None)),
+        Err(e) => e,
+    };
+    let transient =
+        error.chain().any(|c| c.downcast_ref::<ClientError>().is_some_and(ClientError::is_transient));
+    if !transient {
+        return Err(error);
+    }
+    let profile = open_profile(opts)?;
+    let addr = crate::connect::server_addr(opts, &profile)?;
+    let (Some(pin), Some(device), Some(record)) =
+        (profile.pin(&addr).map(str::to_owned), profile.device_key()?, profile.state.account.clone())
+    else {
+        return Err(error);
+    };
+    let account = AccountInfo {
+        username: record.username,
+        display_name: record.display_name,
+        device_id: record.device_id,
+    };
+    let chat = Chat::open(profile.dir(), &device, Connection::never_opened(&pin), account)?;
+    let dialer = Dialer::new(profile.dir(), addr, pin);
+    Ok((chat, dialer, Some(crate::one_line(&error))))
 }
 
 /// Connects, authenticates, opens the MLS engine, catches up and sends

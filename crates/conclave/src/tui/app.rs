@@ -606,6 +606,11 @@ impl App {
     }
 
     fn rows(&mut self, room: &str, rows: Vec<HistoryRow>, live: bool) {
+        // Before the server lists the rooms (offline, or still catching
+        // up), the local history shows the room asked for, else the first.
+        if self.current.is_none() && !self.rooms_listed && self.wanted.as_deref().is_none_or(|w| w == room) {
+            self.current = Some(room.to_owned());
+        }
         let is_current = self.current.as_deref() == Some(room);
         let username = self.me.username.clone();
         let display = self.me.display_name.clone();

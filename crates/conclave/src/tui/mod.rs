@@ -53,10 +53,14 @@ pub async fn run(opts: &GlobalOpts, args: &ChatArgs) -> anyhow::Result<()> {
     }
     // Connect before taking over the terminal, so a first-contact question
     // or a failure is an ordinary prompt or one line on stderr. Catching up
-    // is the session's, with the screen up.
-    let (chat, dialer) = crate::rooms::connect_chat(opts).await?;
+    // is the session's, with the screen up. A server that cannot be reached
+    // now is the session's too: it starts offline and keeps trying.
+    let (chat, dialer, offline) = crate::rooms::connect_chat_or_offline(opts).await?;
     let me = chat.account().clone();
-    let (session, mut events) = Session::new(dialer, chat, Options::default());
+    let (session, mut events) = match offline {
+        None => Session::new(dialer, chat, Options::default()),
+        Some(error) => Session::offline(dialer, chat, Options::default(), error),
+    };
     let handle = session.spawn().context("cannot start the client session")?;
 
     let mut app = app::App::new(me, args.room.clone(), !args.no_bell);

@@ -339,7 +339,12 @@ fn draw_members(f: &mut Frame, app: &App, area: Rect) {
             ])
         })
         .collect();
-    let title = if members.is_empty() && matches!(app.conn, Conn::CatchingUp { .. }) {
+    let unknown = match app.conn {
+        Conn::CatchingUp { .. } => true,
+        Conn::Reconnecting { .. } | Conn::Stopped { .. } => !app.rooms_listed,
+        Conn::Connected => false,
+    };
+    let title = if members.is_empty() && unknown {
         " Members … ".to_owned()
     } else {
         format!(" Members {online}/{} ", members.len())
@@ -635,6 +640,7 @@ mod tests {
         app.on_worker(Event::Disconnected { error: "gone".into() });
         let s = screen(&mut app, 80, 24).join("\n");
         assert!(s.contains("Not connected: your rooms show once"), "{s}");
+        assert!(s.contains("┌ Members … "), "not 0/0 while never listed: {s}");
         // Listed, and really in none: now the hint.
         app.on_worker(Event::CatchingUp(me.clone()));
         app.on_worker(Event::Rooms { rooms: vec![], requested: false });
