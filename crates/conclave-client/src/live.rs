@@ -46,6 +46,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use conclave_proto::{AccountInfo, Event as ServerEvent, MemberInfo, Role, RoomSummary};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{connect_tls, Chat, ClientError, Connection, DeviceKey, HistoryRow, Profile, ServerAddr, Update};
@@ -115,8 +116,11 @@ impl Dialer {
     }
 }
 
-/// What a front end asks of the session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a front end asks of the session. Serialisable (JSON: `{"type":
+/// "send", "data": {...}}`) for front ends in another process, such as the
+/// local web UI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
 pub enum Command {
     /// Send a message; `local_id` is the front end's name for it, used in
     /// [`LiveEvent::Sent`], [`LiveEvent::Queued`] and [`LiveEvent::SendFailed`].
@@ -163,8 +167,9 @@ pub enum Command {
     Rooms,
 }
 
-/// What the session tells the front end.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the session tells the front end. Serialisable like [`Command`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
 pub enum LiveEvent {
     /// Connected and authenticated; catching up on the rooms now. The
     /// rows already on this device have been handed over; newer ones follow.
@@ -798,5 +803,48 @@ impl Session {
                 "offline: reconnecting; only messages can be queued until then".into(),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Commands and events cross a process boundary as JSON (the web UI of
+    /// issue 16): each keeps its meaning there and back.
+    #[test]
+    fn commands_and_events_round_trip_through_json() {
+        let send = Command::Send { local_id: 3, room: "lab".into(), text: "hi".into() };
+        let json = serde_json::to_value(&send).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"type": "send", "data": {"local_id": 3, "room": "lab", "text": "hi"}})
+        );
+        for command in [send, Command::Leave("lab".into()), Command::Rooms] {
+            let back: Command = serde_json::from_str(&serde_json::to_string(&command).unwrap()).unwrap();
+            assert_eq!(back, command);
+        }
+        let row = HistoryRow {
+            room: "lab".into(),
+            seq: 2,
+            time_ms: 1_700_000_000_000,
+            sender: "bob".into(),
+            sender_display: "Bob".into(),
+            kind: "message".into(),
+            text: "hello".into(),
+        };
+        let events = [
+            LiveEvent::Rows { room: "lab".into(), rows: vec![row], live: true },
+            LiveEvent::Reconnecting { attempt: 2, delay: Duration::from_millis(1500), error: "down".into() },
+            LiveEvent::Stopped { error: "certificate changed".into() },
+            LiveEvent::Info("created #lab".into()),
+        ];
+        for event in events {
+            let json = serde_json::to_string(&event).unwrap();
+            let back: LiveEvent = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, event, "{json}");
+        }
+        let stopped = serde_json::to_value(LiveEvent::Stopped { error: "x".into() }).unwrap();
+        assert_eq!(stopped, serde_json::json!({"type": "stopped", "data": {"error": "x"}}));
     }
 }
