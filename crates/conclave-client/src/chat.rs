@@ -115,6 +115,14 @@ impl Chat {
         Ok(Self { conn, engine, account, names: HashMap::new() })
     }
 
+    /// Carries on over a new connection (after the old one was lost) with the
+    /// same engine: a profile keeps one engine per process. `account` is
+    /// what the new connection authenticated as.
+    pub fn reconnected(&mut self, conn: Connection, account: AccountInfo) {
+        self.conn = conn;
+        self.account = account;
+    }
+
     /// The account.
     pub fn account(&self) -> &AccountInfo {
         &self.account

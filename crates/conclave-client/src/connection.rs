@@ -189,6 +189,25 @@ pub struct Connection {
 }
 
 impl Connection {
+    /// A connection that never opened: every request fails at once with
+    /// [`ClientError::Closed`], and [`Connection::closed`] says so. For a
+    /// front end that starts offline with the profile's engine (its local
+    /// history and outgoing queue) and connects later; `fingerprint` is
+    /// the certificate pinned for the server.
+    pub fn never_opened(fingerprint: &str) -> Connection {
+        let (tx, _) = mpsc::channel(1);
+        let pending = PendingState { closed: Some(None), ..PendingState::default() };
+        Connection {
+            tx,
+            pending: Arc::new(Mutex::new(pending)),
+            next_id: AtomicU64::new(1),
+            nonce: [0; NONCE_LEN],
+            exporter: [0; EXPORTER_LEN],
+            fingerprint: fingerprint.to_owned(),
+            events: Mutex::new(None),
+        }
+    }
+
     /// The server's pushed events (after `Subscribe`). The stream ends when
     /// the connection closes. Can be taken once.
     pub fn take_events(&self) -> Option<mpsc::UnboundedReceiver<Event>> {

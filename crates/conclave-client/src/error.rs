@@ -83,6 +83,7 @@ impl ClientError {
                         | ErrorCode::INTERNAL
                         | ErrorCode::SERVER_FULL
                         | ErrorCode::TOO_MANY_CONNECTIONS
+                        | ErrorCode::HANDSHAKE_TIMEOUT
                 )
             }
             _ => false,

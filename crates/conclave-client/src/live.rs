@@ -21,7 +21,11 @@
 //!   commands are refused with a clear line. It reconnects with exponential
 //!   backoff ([`BACKOFF_START`] doubling up to [`BACKOFF_MAX`]) through its
 //!   [`Dialer`], which trusts only the certificate the first connection
-//!   trusted.
+//!   trusted, and keeps its engine (one per profile and process). An
+//!   attempt that fails for a reason retrying cannot cure (a changed
+//!   certificate, a device or account gone from the server, an unreadable
+//!   profile: not [`ClientError::is_transient`]) ends the session with
+//!   [`LiveEvent::Stopped`], which says what to do.
 //!
 //! Every message is written to the on-disk queue **before** any network
 //! work, and the queue is what gets sent. Stopping the session (dropping
@@ -42,9 +46,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use conclave_proto::{AccountInfo, Event as ServerEvent, MemberInfo, Role, RoomSummary};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{connect_tls, Chat, ClientError, HistoryRow, Profile, ServerAddr, Update};
+use crate::{connect_tls, Chat, ClientError, Connection, DeviceKey, HistoryRow, Profile, ServerAddr, Update};
 
 /// The first wait before reconnecting; doubled after each failed attempt.
 pub const BACKOFF_START: Duration = Duration::from_millis(500);
@@ -78,8 +83,22 @@ impl Dialer {
     }
 
     /// Connects, authenticates as the profile's device and opens its
-    /// engine. Catching up is the caller's (the session's) next step.
+    /// engine. Catching up is the caller's next step. A session reconnects
+    /// with [`Dialer::connect`] instead, keeping its engine.
     pub async fn dial(&self) -> Result<Chat, ClientError> {
+        let (profile, device) = self.device()?;
+        let (conn, account) = self.authenticate(&device).await?;
+        Chat::open(profile.dir(), &device, conn, account)
+    }
+
+    /// Connects and authenticates as the profile's device, without opening
+    /// its engine (the caller already has it open: see [`Chat::reconnected`]).
+    pub async fn connect(&self) -> Result<(Connection, AccountInfo), ClientError> {
+        let (_, device) = self.device()?;
+        self.authenticate(&device).await
+    }
+
+    fn device(&self) -> Result<(Profile, DeviceKey), ClientError> {
         let profile = Profile::open(&self.profile_dir)?;
         let Some(device) = profile.device_key()? else {
             return Err(ClientError::Invalid(format!(
@@ -87,14 +106,21 @@ impl Dialer {
                 self.profile_dir.display()
             )));
         };
+        Ok((profile, device))
+    }
+
+    async fn authenticate(&self, device: &DeviceKey) -> Result<(Connection, AccountInfo), ClientError> {
         let conn = connect_tls(&self.server, Some(&self.fingerprint)).await?.hello().await?;
-        let account = conn.authenticate(&device).await?;
-        Chat::open(profile.dir(), &device, conn, account)
+        let account = conn.authenticate(device).await?;
+        Ok((conn, account))
     }
 }
 
-/// What a front end asks of the session.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What a front end asks of the session. Serialisable (JSON: `{"type":
+/// "send", "data": {...}}`) for front ends in another process, such as the
+/// local web UI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
 pub enum Command {
     /// Send a message; `local_id` is the front end's name for it, used in
     /// [`LiveEvent::Sent`], [`LiveEvent::Queued`] and [`LiveEvent::SendFailed`].
@@ -141,8 +167,9 @@ pub enum Command {
     Rooms,
 }
 
-/// What the session tells the front end.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What the session tells the front end. Serialisable like [`Command`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
 pub enum LiveEvent {
     /// Connected and authenticated; catching up on the rooms now. The
     /// rows already on this device have been handed over; newer ones follow.
@@ -152,6 +179,15 @@ pub enum LiveEvent {
     /// The connection is gone; reconnecting.
     Disconnected {
         /// Why.
+        error: String,
+    },
+    /// The session stopped for good: reconnecting failed for a reason that
+    /// retrying cannot cure (the server's certificate changed, this device
+    /// or account is no longer on the server, the profile cannot be read).
+    /// Nothing more follows. Messages sent from now on are not queued;
+    /// those already queued stay on disk for the next start.
+    Stopped {
+        /// What is wrong and what to do, in a sentence or two.
         error: String,
     },
     /// A reconnection attempt failed; the next one follows after `delay`.
@@ -272,6 +308,9 @@ pub struct Session {
     queued: Vec<Queued>,
     /// Rows read from now on are news.
     live: bool,
+    /// Started offline ([`Session::offline`]): why the first connection
+    /// failed.
+    offline: Option<String>,
 }
 
 /// The front end's end of a session started by [`Session::spawn`].
@@ -322,7 +361,25 @@ impl Session {
             shown,
             queued: Vec::new(),
             live: false,
+            offline: None,
         };
+        (session, rx)
+    }
+
+    /// A session that starts offline: `chat` holds the profile's engine
+    /// over a connection that never opened ([`Connection::never_opened`]),
+    /// because the server could not be reached (`error`, a passing
+    /// failure). It hands over the local history, says
+    /// [`LiveEvent::Disconnected`], queues messages on disk, and connects
+    /// with backoff as after a loss.
+    pub fn offline(
+        dialer: Dialer,
+        chat: Chat,
+        options: Options,
+        error: String,
+    ) -> (Session, mpsc::UnboundedReceiver<LiveEvent>) {
+        let (mut session, rx) = Session::new(dialer, chat, options);
+        session.offline = Some(error);
         (session, rx)
     }
 
@@ -374,9 +431,15 @@ impl Session {
 
     async fn serve(&mut self, commands: &mut mpsc::UnboundedReceiver<Command>) {
         loop {
-            let error = match self.online(commands).await {
-                Exit::Quit => return,
-                Exit::Lost(error) => error,
+            let error = match self.offline.take() {
+                Some(error) => {
+                    self.flush_local();
+                    error
+                }
+                None => match self.online(commands).await {
+                    Exit::Quit => return,
+                    Exit::Lost(error) => error,
+                },
             };
             self.live = true;
             self.emit(LiveEvent::Disconnected { error });
@@ -395,10 +458,17 @@ impl Session {
                     }
                 }
                 attempt += 1;
-                match self.dialer.dial().await {
-                    Ok(chat) => {
-                        self.chat = chat;
+                match self.dialer.connect().await {
+                    Ok((conn, account)) => {
+                        // The same engine: one per profile and process.
+                        self.chat.reconnected(conn, account);
                         break;
+                    }
+                    Err(e) if !e.is_transient() => {
+                        self.emit(LiveEvent::Stopped {
+                            error: format!("cannot reconnect, and retrying will not help: {e}"),
+                        });
+                        return;
                     }
                     Err(e) => {
                         backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -415,12 +485,7 @@ impl Session {
             return Exit::Lost("the connection's events were already taken".into());
         };
         self.emit(LiveEvent::CatchingUp(self.chat.account().clone()));
-        // What this device already holds, before any network work.
-        if let Ok(rooms) = self.chat.local_rooms() {
-            for room in rooms {
-                self.flush(&room);
-            }
-        }
+        self.flush_local();
         // Subscribe first, then catch up: nothing falls between the two.
         if let Err(e) = self.catch_up().await {
             if let Some(lost) = self.lost() {
@@ -472,6 +537,15 @@ impl Session {
         }
         self.flush_all();
         Ok(())
+    }
+
+    /// Hands over what this device already holds, before any network work.
+    fn flush_local(&mut self) {
+        if let Ok(rooms) = self.chat.local_rooms() {
+            for room in rooms {
+                self.flush(&room);
+            }
+        }
     }
 
     fn wanted(&self, room: &str) -> bool {
@@ -729,5 +803,48 @@ impl Session {
                 "offline: reconnecting; only messages can be queued until then".into(),
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Commands and events cross a process boundary as JSON (the web UI of
+    /// issue 16): each keeps its meaning there and back.
+    #[test]
+    fn commands_and_events_round_trip_through_json() {
+        let send = Command::Send { local_id: 3, room: "lab".into(), text: "hi".into() };
+        let json = serde_json::to_value(&send).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"type": "send", "data": {"local_id": 3, "room": "lab", "text": "hi"}})
+        );
+        for command in [send, Command::Leave("lab".into()), Command::Rooms] {
+            let back: Command = serde_json::from_str(&serde_json::to_string(&command).unwrap()).unwrap();
+            assert_eq!(back, command);
+        }
+        let row = HistoryRow {
+            room: "lab".into(),
+            seq: 2,
+            time_ms: 1_700_000_000_000,
+            sender: "bob".into(),
+            sender_display: "Bob".into(),
+            kind: "message".into(),
+            text: "hello".into(),
+        };
+        let events = [
+            LiveEvent::Rows { room: "lab".into(), rows: vec![row], live: true },
+            LiveEvent::Reconnecting { attempt: 2, delay: Duration::from_millis(1500), error: "down".into() },
+            LiveEvent::Stopped { error: "certificate changed".into() },
+            LiveEvent::Info("created #lab".into()),
+        ];
+        for event in events {
+            let json = serde_json::to_string(&event).unwrap();
+            let back: LiveEvent = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, event, "{json}");
+        }
+        let stopped = serde_json::to_value(LiveEvent::Stopped { error: "x".into() }).unwrap();
+        assert_eq!(stopped, serde_json::json!({"type": "stopped", "data": {"error": "x"}}));
     }
 }

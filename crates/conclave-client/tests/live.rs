@@ -193,3 +193,37 @@ async fn stopping_keeps_an_unsent_line_queued() {
     assert_eq!(messages(&b, "lab"), ["last words"]);
     s.stop().await;
 }
+
+/// Issue 14 review, live.rs: a reconnect that fails for a reason retrying
+/// cannot cure ends the session with one clear event, instead of "reconnect
+/// failed" every 30 seconds forever. Here the server comes back on the same
+/// port with another certificate (a new data directory): the pin refuses it.
+#[tokio::test]
+async fn a_changed_certificate_stops_the_session_instead_of_retrying() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = start(&dir.path().join("data"), "127.0.0.1:0".parse().unwrap()).await;
+    let (_alice, _bob, session, mut events) = alice_and_bob_in_lab(&s, dir.path()).await;
+    let handle = session.spawn().unwrap();
+    until(&mut events, "connected", |e| matches!(e, LiveEvent::Connected(_)).then_some(())).await;
+    let socket = s.socket;
+    let pinned = s.fingerprint.clone();
+    s.stop().await;
+    until(&mut events, "the loss", |e| matches!(e, LiveEvent::Disconnected { .. }).then_some(())).await;
+
+    let other = start(&dir.path().join("other-data"), socket).await;
+    assert_ne!(other.fingerprint, pinned, "a new data directory makes a new certificate");
+    let error = until(&mut events, "the session to stop", |e| match e {
+        LiveEvent::Stopped { error } => Some(error.clone()),
+        LiveEvent::Reconnecting { error, .. } if error.contains("certificate") => {
+            panic!("retried a changed certificate: {error}")
+        }
+        _ => None,
+    })
+    .await;
+    assert!(error.contains(&other.fingerprint) && error.contains("forget-server"), "{error}");
+    // Nothing follows: the session has ended.
+    let rest = tokio::time::timeout(PATIENCE, events.recv()).await.expect("the event stream ends");
+    assert!(rest.is_none(), "nothing after Stopped: {rest:?}");
+    assert!(handle.shutdown(PATIENCE).await);
+    other.stop().await;
+}

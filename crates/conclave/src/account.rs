@@ -1,5 +1,6 @@
 //! `conclave register`, `login` and `whoami`.
 
+use crate::output::say;
 use std::io::{BufRead, IsTerminal};
 
 use anyhow::{bail, Context};
@@ -34,7 +35,7 @@ pub async fn register(opts: &GlobalOpts, args: &RegisterArgs) -> anyhow::Result<
     chat.catch_up()
         .await
         .context("registered, but could not upload KeyPackages; run `conclave room list` to retry")?;
-    println!("registered {} ({}), device {} on {addr}", info.username, info.display_name, info.device_id);
+    say!("registered {} ({}), device {} on {addr}", info.username, info.display_name, info.device_id)?;
     Ok(())
 }
 
@@ -53,10 +54,12 @@ pub async fn login(opts: &GlobalOpts, args: &LoginArgs) -> anyhow::Result<()> {
     chat.catch_up()
         .await
         .context("logged in, but could not join the account's rooms; run `conclave room list` to retry")?;
-    println!(
+    say!(
         "logged in as {} ({}): this profile is device {} on {addr}",
-        info.username, info.display_name, info.device_id
-    );
+        info.username,
+        info.display_name,
+        info.device_id
+    )?;
     Ok(())
 }
 
@@ -65,13 +68,13 @@ pub async fn whoami(opts: &GlobalOpts) -> anyhow::Result<()> {
     let mut profile = open_profile(opts)?;
     let (addr, conn, info) = authenticated(opts, &profile).await?;
     save_account(&mut profile, &addr, &conn, &info)?;
-    println!(
+    say!(
         "{} ({}), device {}, server {addr} {}",
         info.username,
         info.display_name,
         info.device_id,
         conn.fingerprint()
-    );
+    )?;
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! `conclave admin`: operator commands that work on the server's data
 //! directory directly (safe while the server runs: SQLite WAL).
 
+use crate::output::say;
 use anyhow::Context;
 
 /// Prints a new single-use invitation token.
@@ -10,6 +11,6 @@ pub fn invite(data: Option<std::path::PathBuf>) -> anyhow::Result<()> {
         None => crate::cli::default_data_dir()?,
     };
     let token = conclave_server::create_invite(&data).context("cannot create an invitation")?;
-    println!("{token}");
+    say!("{token}")?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 /// Conclave: self-hosted, end-to-end encrypted group chat.
 #[derive(Debug, Parser)]
@@ -278,6 +278,50 @@ pub enum AdminCommand {
     },
 }
 
+/// The ids of [`GlobalOpts`]' arguments.
+const CLIENT_OPTIONS: [&str; 4] = ["profile", "server", "fingerprint", "accept_new_server"];
+
+/// The subcommands that ignore [`GlobalOpts`]: their help does not list them.
+const NOT_CLIENT_COMMANDS: [&str; 2] = ["serve", "admin"];
+
+/// Parses the command line (exiting with clap's message on an error).
+///
+/// The client options are `global`, so that they work before or after any
+/// client subcommand (`conclave --profile p tail lab`, `conclave tail lab
+/// --profile p`). clap copies global arguments into every subcommand when
+/// it builds the command tree; after that build, the copies under `serve`
+/// and `admin` (which ignore them) are marked hidden, so their `--help`
+/// lists only their own options. They are still accepted there, as before.
+pub fn parse() -> Cli {
+    let matches = command().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// The command tree, built, with the client options hidden under `serve`
+/// and `admin`.
+pub fn command() -> clap::Command {
+    let mut command = Cli::command();
+    command.build();
+    for sub in command.get_subcommands_mut().filter(|c| NOT_CLIENT_COMMANDS.contains(&c.get_name())) {
+        hide_client_options(sub);
+    }
+    command
+}
+
+fn hide_client_options(command: &mut clap::Command) {
+    let hidden = std::mem::take(command).mut_args(|a| {
+        if CLIENT_OPTIONS.contains(&a.get_id().as_str()) {
+            a.hide(true)
+        } else {
+            a
+        }
+    });
+    *command = hidden;
+    for sub in command.get_subcommands_mut() {
+        hide_client_options(sub);
+    }
+}
+
 /// Runs the parsed command.
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let global = &cli.global;
@@ -307,4 +351,57 @@ pub fn default_profile_dir() -> anyhow::Result<PathBuf> {
     dirs::data_dir()
         .map(|d| d.join("conclave"))
         .ok_or_else(|| anyhow::anyhow!("cannot find a data directory for this user; pass --profile DIR"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn help(path: &[&str]) -> String {
+        let mut command = command();
+        let mut at = &mut command;
+        for name in path {
+            at = at.find_subcommand_mut(name).unwrap();
+        }
+        at.render_long_help().to_string()
+    }
+
+    fn parse_from(args: &[&str]) -> Cli {
+        let matches = command().try_get_matches_from(args).unwrap();
+        Cli::from_arg_matches(&matches).unwrap()
+    }
+
+    /// Issue 14 review: `conclave serve --help` listed --profile, --server,
+    /// --fingerprint and --accept-new-server, which serve ignores.
+    #[test]
+    fn serve_and_admin_help_do_not_list_the_client_options() {
+        for path in [&["serve"][..], &["admin"], &["admin", "invite"]] {
+            let text = help(path);
+            for option in ["--profile", "--server", "--fingerprint", "--accept-new-server"] {
+                assert!(!text.contains(option), "{path:?} --help lists {option}:\n{text}");
+            }
+        }
+        assert!(help(&["serve"]).contains("--listen"));
+        for path in [&["tail"][..], &["room", "list"], &["chat"], &["whoami"]] {
+            let text = help(path);
+            assert!(text.contains("--profile") && text.contains("--accept-new-server"), "{path:?}:\n{text}");
+        }
+        assert!(help(&[]).contains("--profile"), "the top level lists them");
+    }
+
+    #[test]
+    fn client_options_work_before_or_after_a_subcommand() {
+        for args in [
+            &["conclave", "--profile", "p", "--server", "h:1", "tail", "lab"][..],
+            &["conclave", "tail", "lab", "--profile", "p", "--server", "h:1"],
+            &["conclave", "room", "--profile", "p", "list", "--server", "h:1"],
+        ] {
+            let cli = parse_from(args);
+            assert_eq!(cli.global.profile.as_deref(), Some(std::path::Path::new("p")), "{args:?}");
+            assert_eq!(cli.global.server.as_deref(), Some("h:1"), "{args:?}");
+        }
+        // Still accepted (and ignored) by serve, as before.
+        let cli = parse_from(&["conclave", "serve", "--profile", "p"]);
+        assert!(matches!(cli.command, Command::Serve(_)));
+    }
 }

@@ -1,6 +1,7 @@
 //! Reaching the server from the CLI: which server, whether to trust its
 //! certificate on first contact, and remembering both once a command works.
 
+use crate::output::say;
 use std::io::{BufRead, IsTerminal, Write};
 
 use anyhow::{bail, Context};
@@ -96,7 +97,7 @@ pub fn forget(opts: &GlobalOpts, server: Option<&str>) -> anyhow::Result<()> {
     match profile.state.known_servers.remove(&addr.to_string()) {
         Some(fp) => {
             profile.save()?;
-            println!("forgot {addr} ({fp}); the next connection asks to trust it again");
+            say!("forgot {addr} ({fp}); the next connection asks to trust it again")?;
             Ok(())
         }
         None => bail!("no certificate is pinned for {addr} in this profile"),

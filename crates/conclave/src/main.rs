@@ -6,11 +6,10 @@ mod account;
 mod admin;
 mod cli;
 mod connect;
+mod output;
 mod rooms;
 mod serve;
 mod tui;
-
-use clap::Parser;
 
 /// jemalloc returns freed memory to the OS (glibc's malloc kept what a wave
 /// of large answers or of Argon2 hashes had used: docs/RELIABILITY.md).
@@ -19,7 +18,7 @@ use clap::Parser;
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = cli::parse();
     let default_level = if matches!(cli.command, cli::Command::Serve(_)) { "info" } else { "warn" };
     let filter = || {
         tracing_subscriber::EnvFilter::try_from_default_env()
@@ -62,6 +61,9 @@ fn main() -> std::process::ExitCode {
     };
     match runtime.block_on(cli::run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // The reader of standard output went away (`| head`): it had what
+        // it wanted. Quietly, and successfully (see `output`).
+        Err(e) if output::is_stdout_closed(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", one_line(&e));
             std::process::ExitCode::FAILURE
@@ -72,7 +74,7 @@ fn main() -> std::process::ExitCode {
 /// An error and its causes on one line, most specific last. A cause that
 /// its error's message already ends with (a message that names its source)
 /// is not said twice.
-fn one_line(e: &anyhow::Error) -> String {
+pub(crate) fn one_line(e: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in e.chain().map(ToString::to_string) {
         if line.is_empty() {

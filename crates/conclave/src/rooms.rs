@@ -1,12 +1,13 @@
 //! `conclave room …`, `send` and `tail`: rooms and messages from the command line.
 
+use crate::output::say;
 use std::io::{IsTerminal, Read, Write};
 
 use anyhow::{bail, Context};
 use chrono::TimeZone;
 use conclave_client::live::{Dialer, LiveEvent, Options, Session};
-use conclave_client::{Chat, HistoryRow, RoomNames};
-use conclave_proto::Role;
+use conclave_client::{Chat, ClientError, Connection, HistoryRow, RoomNames};
+use conclave_proto::{AccountInfo, Role};
 
 use crate::account::authenticated;
 use crate::cli::{GlobalOpts, RoomCommand, SendArgs, TailArgs};
@@ -28,6 +29,41 @@ pub(crate) async fn connect_chat(opts: &GlobalOpts) -> anyhow::Result<(Chat, Dia
     Ok((chat, dialer))
 }
 
+/// [`connect_chat`], or, when the server cannot be reached for a passing
+/// reason (it is down, the network is), the profile's engine over a
+/// connection that never opened, with the reason: the caller starts its
+/// session offline (local history, messages queued on disk, reconnecting).
+/// Only for a profile that has an account and a pinned certificate for the
+/// server: first contact needs the server.
+pub(crate) async fn connect_chat_or_offline(
+    opts: &GlobalOpts,
+) -> anyhow::Result<(Chat, Dialer, Option<String>)> {
+    let error = match connect_chat(opts).await {
+        Ok((chat, dialer)) => return Ok((chat, dialer, None)),
+        Err(e) => e,
+    };
+    let transient =
+        error.chain().any(|c| c.downcast_ref::<ClientError>().is_some_and(ClientError::is_transient));
+    if !transient {
+        return Err(error);
+    }
+    let profile = open_profile(opts)?;
+    let addr = crate::connect::server_addr(opts, &profile)?;
+    let (Some(pin), Some(device), Some(record)) =
+        (profile.pin(&addr).map(str::to_owned), profile.device_key()?, profile.state.account.clone())
+    else {
+        return Err(error);
+    };
+    let account = AccountInfo {
+        username: record.username,
+        display_name: record.display_name,
+        device_id: record.device_id,
+    };
+    let chat = Chat::open(profile.dir(), &device, Connection::never_opened(&pin), account)?;
+    let dialer = Dialer::new(profile.dir(), addr, pin);
+    Ok((chat, dialer, Some(crate::one_line(&error))))
+}
+
 /// Connects, authenticates, opens the MLS engine, catches up and sends
 /// what was queued.
 pub(crate) async fn open_chat(opts: &GlobalOpts) -> anyhow::Result<(Chat, Dialer)> {
@@ -43,41 +79,40 @@ pub async fn room(opts: &GlobalOpts, cmd: &RoomCommand) -> anyhow::Result<()> {
     match cmd {
         RoomCommand::Create { room } => {
             let summary = chat.create_room(room).await.context("cannot create the room")?;
-            println!("created #{}; you are its owner", summary.name);
+            say!("created #{}; you are its owner", summary.name)?;
         }
         RoomCommand::Add { room, users } => {
             chat.add(room, users).await.with_context(|| format!("cannot add to #{}", bare(room)))?;
-            println!("added {} to #{}", users.join(", "), bare(room));
+            say!("added {} to #{}", users.join(", "), bare(room))?;
         }
         RoomCommand::Remove { room, users } => {
             chat.remove(room, users).await.with_context(|| format!("cannot remove from #{}", bare(room)))?;
-            println!("removed {} from #{}", users.join(", "), bare(room));
+            say!("removed {} from #{}", users.join(", "), bare(room))?;
         }
         RoomCommand::Leave { room } => {
             chat.leave(room).await.with_context(|| format!("cannot leave #{}", bare(room)))?;
-            println!("left #{}", bare(room));
+            say!("left #{}", bare(room))?;
         }
         RoomCommand::List => {
             let rooms = chat.list_rooms().await?;
             if rooms.is_empty() {
-                println!("no rooms yet; create one with `conclave room create NAME`");
+                say!("no rooms yet; create one with `conclave room create NAME`")?;
             }
             for r in rooms {
-                println!(
-                    "#{:<24} {:<7} {:>4} member{}",
-                    r.name,
-                    r.role.as_str(),
-                    r.members,
-                    plural(r.members)
-                );
+                say!("#{:<24} {:<7} {:>4} member{}", r.name, r.role.as_str(), r.members, plural(r.members))?;
             }
         }
         RoomCommand::Members { room } => {
             let members = chat.members(room).await.with_context(|| format!("cannot list #{}", bare(room)))?;
             let names = RoomNames::of_members(&members);
+            let me = chat.account().username.clone();
             for m in &members {
                 let name = names.show(&m.username, &m.display_name).to_string();
-                println!("{name:<40} {:<7} {}", m.role.as_str(), if m.online { "online" } else { "offline" });
+                // The server counts a user online while one of its devices
+                // is subscribed to live events; this command is not, but
+                // the one asking is online all the same.
+                let online = m.online || m.username == me;
+                say!("{name:<40} {:<7} {}", m.role.as_str(), if online { "online" } else { "offline" })?;
             }
         }
         RoomCommand::Role { room, user, role } => {
@@ -87,7 +122,7 @@ pub async fn room(opts: &GlobalOpts, cmd: &RoomCommand) -> anyhow::Result<()> {
             chat.set_role(room, user, parsed)
                 .await
                 .with_context(|| format!("cannot change roles in #{}", bare(room)))?;
-            println!("{user} is now {role} of #{}", bare(room));
+            say!("{user} is now {role} of #{}", bare(room))?;
         }
     }
     Ok(())
@@ -122,7 +157,7 @@ pub async fn tail(opts: &GlobalOpts, args: &TailArgs) -> anyhow::Result<()> {
     let names =
         if member { RoomNames::of_members(&chat.members(&room).await?) } else { RoomNames::default() };
     let mut last = args.since.unwrap_or(0);
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     loop {
         let rows = chat.history(&room, last, 1000)?;
         if rows.is_empty() {
@@ -175,7 +210,7 @@ async fn follow(
 /// connection's state on stderr. A new member list (someone joined or
 /// left, or after reconnecting) changes who shares a name.
 fn emit(room: &str, event: LiveEvent, json: bool, names: &mut RoomNames) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::stdout();
     match event {
         LiveEvent::Members { room: r, members, .. } if r == room => {
             *names = RoomNames::of_members(&members);
@@ -198,6 +233,7 @@ fn emit(room: &str, event: LiveEvent, json: bool, names: &mut RoomNames) -> anyh
             bail!("you are no longer a member of #{r}");
         }
         LiveEvent::Disconnected { error } => eprintln!("* connection lost ({error}); reconnecting"),
+        LiveEvent::Stopped { error } => bail!("{error}"),
         LiveEvent::Reconnecting { error, delay, .. } => {
             eprintln!("* reconnect failed: {error}; next try in {:.0}s", delay.as_secs_f32());
         }

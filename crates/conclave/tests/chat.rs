@@ -338,6 +338,39 @@ fn chat_survives_the_server_going_away() {
     s.stop();
 }
 
+/// Issue 14 review: `conclave chat` with the server down exited with
+/// "cannot connect". It starts offline instead: the local history shows,
+/// the status line says it is reconnecting, a line typed is queued on disk,
+/// and once the server is back the session connects and sends it.
+#[test]
+fn chat_starts_offline_when_the_server_is_down() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, alice, bob) = alice_and_bob_in_lab(dir.path());
+    let addr = s.addr.clone();
+    ok(&run(&bob, &["send", "lab", "said before the outage"], ""));
+    ok(&run(&alice, &["tail", "lab"], ""));
+    s.stop();
+
+    let mut pty = Pty::spawn(&alice, &["chat", "lab", "--no-bell"]);
+    pty.wait_text("Bob (bob): said before the outage");
+    pty.wait_text("reconnecting");
+    pty.wait_text("#lab>");
+    pty.type_text("typed with the server down\r");
+    pty.wait_text("typed with the server down (queued:");
+
+    let s = Served::start_on(&dir.path().join("data"), &addr, &[]);
+    pty.wait_text("connected as alice");
+    pty.wait_for("the queued message sent", |s| {
+        s.contents().contains("Alice (alice): typed with the server down")
+            && !s.contents().contains("queued:")
+    });
+    let tail = ok(&run(&bob, &["tail", "lab"], ""));
+    assert_eq!(tail.matches("typed with the server down").count(), 1, "sent once: {tail}");
+    pty.type_text("/quit\r");
+    assert!(pty.wait_exit(), "/quit exits 0; screen:\n{}", pty.contents());
+    s.stop();
+}
+
 /// `tail --follow`, the other front end of the client library's session:
 /// it prints live lines, says when the server goes away, reconnects after
 /// the restart, and prints what was said while it was away, each line once.

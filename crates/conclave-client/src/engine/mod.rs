@@ -144,7 +144,7 @@ pub enum Applied {
 }
 
 /// One row of local history.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HistoryRow {
     /// The room.
     pub room: String,

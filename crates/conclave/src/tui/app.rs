@@ -40,6 +40,12 @@ pub enum Conn {
         /// Why it was lost, or why the last attempt failed.
         error: String,
     },
+    /// The session stopped for good (reconnecting cannot help): what is
+    /// wrong and what to do. The history stays readable until /quit.
+    Stopped {
+        /// The session's sentence.
+        error: String,
+    },
 }
 
 /// One line in the status area.
@@ -160,6 +166,9 @@ pub struct App {
     pub quit: bool,
     /// Lines in the conversation pane, for PgUp/PgDn (set by drawing).
     pub page: usize,
+    /// The server has listed the rooms at least once (until then, no room
+    /// shown means "not known yet", not "in no room").
+    pub rooms_listed: bool,
     next_local_id: u64,
 }
 
@@ -203,6 +212,7 @@ impl App {
             ring: false,
             quit: false,
             page: 10,
+            rooms_listed: false,
             next_local_id: 1,
         }
     }
@@ -396,9 +406,14 @@ impl App {
         };
         let local_id = self.next_local_id;
         self.next_local_id += 1;
-        let state = match self.conn {
+        let state = match &self.conn {
             Conn::Connected | Conn::CatchingUp { .. } => PendingState::Sending,
             Conn::Reconnecting { .. } => PendingState::Queued,
+            Conn::Stopped { error } => {
+                let error = format!("not sent: the session has stopped ({error})");
+                self.error(error);
+                return Vec::new();
+            }
         };
         if let Some(view) = self.current_mut() {
             view.pending.push(Pending { local_id, time_ms: now_ms(), text: text.clone(), state });
@@ -488,6 +503,9 @@ impl App {
             Event::Disconnected { error } => {
                 self.conn = Conn::Reconnecting { attempt: 0, error };
             }
+            Event::Stopped { error } => {
+                self.conn = Conn::Stopped { error };
+            }
             Event::Reconnecting { attempt, delay, error } => {
                 let secs = delay.as_secs_f32();
                 self.conn = Conn::Reconnecting { attempt, error: format!("{error}; next try in {secs:.0}s") };
@@ -559,6 +577,7 @@ impl App {
     }
 
     fn set_rooms(&mut self, rooms: Vec<RoomSummary>, show: bool) {
+        self.rooms_listed = true;
         self.rooms.retain(|r| rooms.iter().any(|s| s.name == r.name));
         for summary in &rooms {
             self.room_mut(&summary.name).role = Some(summary.role);
@@ -587,6 +606,11 @@ impl App {
     }
 
     fn rows(&mut self, room: &str, rows: Vec<HistoryRow>, live: bool) {
+        // Before the server lists the rooms (offline, or still catching
+        // up), the local history shows the room asked for, else the first.
+        if self.current.is_none() && !self.rooms_listed && self.wanted.as_deref().is_none_or(|w| w == room) {
+            self.current = Some(room.to_owned());
+        }
         let is_current = self.current.as_deref() == Some(room);
         let username = self.me.username.clone();
         let display = self.me.display_name.clone();

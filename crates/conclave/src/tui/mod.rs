@@ -53,10 +53,14 @@ pub async fn run(opts: &GlobalOpts, args: &ChatArgs) -> anyhow::Result<()> {
     }
     // Connect before taking over the terminal, so a first-contact question
     // or a failure is an ordinary prompt or one line on stderr. Catching up
-    // is the session's, with the screen up.
-    let (chat, dialer) = crate::rooms::connect_chat(opts).await?;
+    // is the session's, with the screen up. A server that cannot be reached
+    // now is the session's too: it starts offline and keeps trying.
+    let (chat, dialer, offline) = crate::rooms::connect_chat_or_offline(opts).await?;
     let me = chat.account().clone();
-    let (session, mut events) = Session::new(dialer, chat, Options::default());
+    let (session, mut events) = match offline {
+        None => Session::new(dialer, chat, Options::default()),
+        Some(error) => Session::offline(dialer, chat, Options::default(), error),
+    };
     let handle = session.spawn().context("cannot start the client session")?;
 
     let mut app = app::App::new(me, args.room.clone(), !args.no_bell);
@@ -68,7 +72,12 @@ pub async fn run(opts: &GlobalOpts, args: &ChatArgs) -> anyhow::Result<()> {
     if !handle.shutdown(QUIT_GRACE).await {
         tracing::warn!("the client session did not stop in time");
     }
-    result
+    result?;
+    // Said on the screen already; said again where it stays readable.
+    if let app::Conn::Stopped { error } = &app.conn {
+        bail!("{error}");
+    }
+    Ok(())
 }
 
 /// The terminal in chat mode; dropping it restores the terminal.
@@ -133,6 +142,9 @@ async fn event_loop(
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?,
     );
     let mut dirty = true;
+    // After `LiveEvent::Stopped` the session is gone, and the screen stays
+    // up (history readable, the reason on the status line) until /quit.
+    let mut session_gone = false;
     loop {
         if app.quit {
             return Ok(());
@@ -158,7 +170,7 @@ async fn event_loop(
             event = terminal_events.next() => match event {
                 Some(Ok(event)) => {
                     for command in app.on_terminal(event) {
-                        if !session.send(command) {
+                        if !session.send(command) && !session_gone {
                             bail!("the client session stopped");
                         }
                     }
@@ -167,8 +179,14 @@ async fn event_loop(
                 Some(Err(e)) => return Err(e).context("cannot read the terminal"),
                 None => return Ok(()),
             },
-            event = events.recv() => {
-                let Some(event) = event else { bail!("the client session stopped") };
+            event = events.recv(), if !session_gone => {
+                let Some(event) = event else {
+                    if matches!(app.conn, app::Conn::Stopped { .. }) {
+                        session_gone = true;
+                        continue;
+                    }
+                    bail!("the client session stopped")
+                };
                 app.on_worker(event);
                 // A burst (catching up): apply it all, then draw once.
                 while let Ok(event) = events.try_recv() {

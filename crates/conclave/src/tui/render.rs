@@ -272,11 +272,22 @@ fn draw_conversation(f: &mut Frame, app: &mut App, area: Rect) {
     app.page = height.max(1);
     let me = app.me.clone();
     let Some(name) = app.current.clone() else {
-        let hint = vec![
-            Line::from("You are in no room yet."),
-            Line::from("/create NAME makes one; someone else can /add you to theirs."),
-            Line::from("/help lists the commands."),
-        ];
+        let hint = match &app.conn {
+            // Not listed yet: a fresh device is still joining its rooms.
+            Conn::CatchingUp { .. } if !app.rooms_listed => vec![
+                Line::from("Catching up: joining your rooms and reading what you missed…"),
+                Line::from("/help lists the commands."),
+            ],
+            Conn::Reconnecting { .. } | Conn::Stopped { .. } if !app.rooms_listed => vec![
+                Line::from("Not connected: your rooms show once the server is reached."),
+                Line::from("The status line below says why; /quit leaves."),
+            ],
+            _ => vec![
+                Line::from("You are in no room yet."),
+                Line::from("/create NAME makes one; someone else can /add you to theirs."),
+                Line::from("/help lists the commands."),
+            ],
+        };
         f.render_widget(Paragraph::new(hint).block(Block::default().borders(Borders::ALL)), area);
         return;
     };
@@ -328,7 +339,12 @@ fn draw_members(f: &mut Frame, app: &App, area: Rect) {
             ])
         })
         .collect();
-    let title = if members.is_empty() && matches!(app.conn, Conn::CatchingUp { .. }) {
+    let unknown = match app.conn {
+        Conn::CatchingUp { .. } => true,
+        Conn::Reconnecting { .. } | Conn::Stopped { .. } => !app.rooms_listed,
+        Conn::Connected => false,
+    };
+    let title = if members.is_empty() && unknown {
         " Members … ".to_owned()
     } else {
         format!(" Members {online}/{} ", members.len())
@@ -351,6 +367,10 @@ fn draw_status(f: &mut Frame, app: &App, area: Rect) {
             let tries = if *attempt > 0 { format!(", attempt {attempt}") } else { String::new() };
             vec![Span::styled(format!(" ◌ reconnecting{tries}: {error} "), base.fg(Color::Yellow))]
         }
+        Conn::Stopped { error } => vec![Span::styled(
+            format!(" ■ stopped: {error} "),
+            base.fg(Color::LightRed).add_modifier(Modifier::BOLD),
+        )],
     };
     if let Some(n) = &app.notice {
         let style = if n.error { base.fg(Color::LightRed).add_modifier(Modifier::BOLD) } else { base };
@@ -603,6 +623,46 @@ mod tests {
         app.on_worker(Event::Disconnected { error: "the server closed the connection".into() });
         let s = screen(&mut app, 80, 24);
         assert!(s[22].contains("reconnecting: the server closed the connection"), "{}", s[22]);
+    }
+
+    /// Issue 14 review: a fresh device (`login bob`, then `chat lab`) has
+    /// no room until its catch-up has joined them; meanwhile the pane says
+    /// so, not "You are in no room yet".
+    #[test]
+    fn a_device_still_joining_its_rooms_says_it_is_catching_up() {
+        let me = AccountInfo { username: "bob".into(), display_name: "bob".into(), device_id: 2 };
+        let mut app = App::new(me.clone(), Some("lab".into()), true);
+        app.on_worker(Event::CatchingUp(me.clone()));
+        let s = screen(&mut app, 80, 24).join("\n");
+        assert!(s.contains("Catching up: joining your rooms"), "{s}");
+        assert!(!s.contains("no room yet"), "{s}");
+        // Offline before the rooms were ever listed: not "no room" either.
+        app.on_worker(Event::Disconnected { error: "gone".into() });
+        let s = screen(&mut app, 80, 24).join("\n");
+        assert!(s.contains("Not connected: your rooms show once"), "{s}");
+        assert!(s.contains("┌ Members … "), "not 0/0 while never listed: {s}");
+        // Listed, and really in none: now the hint.
+        app.on_worker(Event::CatchingUp(me.clone()));
+        app.on_worker(Event::Rooms { rooms: vec![], requested: false });
+        app.on_worker(Event::Connected(me));
+        let s = screen(&mut app, 80, 24).join("\n");
+        assert!(s.contains("You are in no room yet."), "{s}");
+    }
+
+    /// A session that stopped for good says why on the status line, and a
+    /// line typed then is refused rather than shown as sending.
+    #[test]
+    fn a_stopped_session_says_why_and_refuses_lines() {
+        let mut app = sample_app();
+        app.on_worker(Event::Stopped { error: "cannot reconnect: certificate changed".into() });
+        app.input.insert_str("hello?");
+        let sent = app.on_key(crossterm::event::KeyEvent::from(crossterm::event::KeyCode::Enter));
+        assert!(sent.is_empty(), "{sent:?}");
+        let s = screen(&mut app, 120, 40);
+        let status = &s[38];
+        assert!(status.contains("■ stopped: cannot reconnect: certificate changed"), "{status}");
+        assert!(status.contains("not sent: the session has stopped"), "{status}");
+        assert!(!s.join("\n").contains("hello? (sending"), "{}", s.join("\n"));
     }
 
     #[test]
