@@ -184,12 +184,24 @@ fn connections_that_never_sign_in_and_failed_logins_do_not_flood_the_log() {
 fn an_unauthenticated_cap_above_the_address_cap_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_conclave"))
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_conclave"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data"])
         .arg(&data)
         .args(["--max-unauthenticated-per-address", "999"])
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    // Bounded: a server that starts is killed and fails the test.
+    let exited = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        child.try_wait().unwrap().is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(exited, "serve started with an unauthenticated cap above the address cap");
     let stderr = fails(&out);
     assert!(
         stderr.contains(
