@@ -61,6 +61,31 @@ async fn last_frame(raw: &mut RawTls) -> Option<ServerFrame> {
     last
 }
 
+/// A raw connection of `device`'s, authenticated and subscribed to live events.
+async fn raw_subscribed(s: &TestServer, device: &DeviceKey) -> RawTls {
+    let mut raw = raw_authenticated(s, device).await;
+    raw.send(&ClientFrame::Request { id: RequestId(1), body: Request::Subscribe }).await;
+    loop {
+        match raw.recv().await.unwrap() {
+            ServerFrame::Response { id: RequestId(1), .. } => return raw,
+            ServerFrame::Event(_) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// Checks that `frame` is a connection-level error of `code` whose message
+/// contains `needle`.
+fn assert_last_word(frame: Option<ServerFrame>, code: ErrorCode, needle: &str) {
+    match frame {
+        Some(ServerFrame::Error { id: None, error }) => {
+            assert_eq!(error.code, code, "{}", error.message);
+            assert!(error.message.contains(needle), "{}", error.message);
+        }
+        other => panic!("expected {code}, got {:.300}", format!("{other:?}")),
+    }
+}
+
 const BUDGET: usize = 1024 * 1024;
 
 /// Issue 14, item 1: 1,000 pipelined `Sync`s with large answers grew the
@@ -115,15 +140,7 @@ async fn events_past_the_byte_budget_disconnect_the_subscriber_with_a_reason() {
     let bob = user(&s, "bob").await;
     alice.chat.create_room("lab").await.unwrap();
     alice.chat.add("lab", &["bob".into()]).await.unwrap();
-    let mut raw = raw_authenticated(&s, &bob.device).await;
-    raw.send(&ClientFrame::Request { id: RequestId(1), body: Request::Subscribe }).await;
-    loop {
-        match raw.recv().await.unwrap() {
-            ServerFrame::Response { id: RequestId(1), .. } => break,
-            ServerFrame::Event(_) => {}
-            other => panic!("{other:?}"),
-        }
-    }
+    let mut raw = raw_subscribed(&s, &bob.device).await;
     // Bob stops reading; 60 KiB messages fill 1 MiB in well under the
     // 1,024 frames of the frame cap, plus what the sockets hold.
     let big = "y".repeat(60 * 1024);
@@ -168,13 +185,8 @@ async fn a_client_that_writes_an_oversized_frame_whole_reads_the_error() {
     // client's write.
     raw.stream.write_all(&frame).await.expect("the frame is read whole, not reset");
     raw.stream.flush().await.expect("the frame is read whole, not reset");
-    match tokio::time::timeout(Duration::from_secs(30), raw.recv()).await.unwrap() {
-        Some(ServerFrame::Error { id: None, error }) => {
-            assert_eq!(error.code, ErrorCode::FRAME_TOO_LARGE);
-            assert!(error.message.contains("--max-frame-bytes"), "{}", error.message);
-        }
-        other => panic!("expected frame_too_large, got {other:?}"),
-    }
+    let frame = tokio::time::timeout(Duration::from_secs(30), raw.recv()).await.unwrap();
+    assert_last_word(frame, ErrorCode::FRAME_TOO_LARGE, "--max-frame-bytes");
     s.stop().await;
 }
 
@@ -322,13 +334,7 @@ async fn an_unauthenticated_connection_closed_to_make_room_is_told_why() {
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
     s.connect().await.authenticate(&device).await.unwrap();
-    match last_frame(&mut idle[0]).await {
-        Some(ServerFrame::Error { id: None, error }) => {
-            assert_eq!(error.code, ErrorCode::TOO_MANY_CONNECTIONS);
-            assert!(error.message.contains("closed to make room"), "{}", error.message);
-        }
-        other => panic!("expected too_many_connections, got {other:?}"),
-    }
+    assert_last_word(last_frame(&mut idle[0]).await, ErrorCode::TOO_MANY_CONNECTIONS, "closed to make room");
     s.stop().await;
 }
 
@@ -382,15 +388,7 @@ async fn subscribers_of_a_room_that_cannot_be_reloaded_are_told_why() {
     let bob = user(&s, "bob").await;
     alice.chat.create_room("lab").await.unwrap();
     alice.chat.add("lab", &["bob".into()]).await.unwrap();
-    let mut raw = raw_authenticated(&s, &bob.device).await;
-    raw.send(&ClientFrame::Request { id: RequestId(1), body: Request::Subscribe }).await;
-    loop {
-        match raw.recv().await.unwrap() {
-            ServerFrame::Response { id: RequestId(1), .. } => break,
-            ServerFrame::Event(_) => {}
-            other => panic!("{other:?}"),
-        }
-    }
+    let mut raw = raw_subscribed(&s, &bob.device).await;
     // The fault: the disk refuses the next write, and the room is gone
     // under its name when the room reloads after it.
     let db = rusqlite::Connection::open(s._dir.path().join("data").join("server.db")).unwrap();
@@ -402,16 +400,7 @@ async fn subscribers_of_a_room_that_cannot_be_reloaded_are_told_why() {
     )
     .unwrap();
     assert!(alice.chat.send("lab", "refused").await.is_err());
-    match last_frame(&mut raw).await {
-        Some(ServerFrame::Error { id: None, error }) => {
-            assert_eq!(error.code, ErrorCode::INTERNAL, "{}", error.message);
-            assert!(
-                error.message.contains("room #lab could not be reloaded from storage"),
-                "{}",
-                error.message
-            );
-        }
-        other => panic!("expected internal last, got {other:?}"),
-    }
+    let last = last_frame(&mut raw).await;
+    assert_last_word(last, ErrorCode::INTERNAL, "room #lab could not be reloaded from storage");
     s.stop().await;
 }
