@@ -361,6 +361,11 @@ impl Outbox {
         self.queue.lock().bytes
     }
 
+    /// Whether a final frame was queued already ([`Outbox::close_with`]).
+    pub fn is_closed(&self) -> bool {
+        self.queue.lock().closed
+    }
+
     /// Sends a final frame ahead of whatever is queued (which is dropped: a
     /// closing connection's client re-syncs anyway), then closes. Works even
     /// when the queue is full.

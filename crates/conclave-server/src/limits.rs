@@ -68,7 +68,19 @@ struct Address {
 struct WaitingEntry {
     id: u64,
     since: Instant,
+    heard: Heard,
     evict: CancellationToken,
+}
+
+/// What the server has heard from an unauthenticated connection's client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Heard {
+    /// Not looked yet (its task has not run since accept).
+    Unknown,
+    /// Looked, and nothing had arrived.
+    Nothing,
+    /// It has sent something (its ClientHello, usually).
+    Spoke,
 }
 
 /// The caps [`PerAddress::admit`] applies.
@@ -97,10 +109,15 @@ pub enum Refusal {
     },
 }
 
-/// Holds one of an address's connection slots until dropped.
+/// Holds one of an address's connection slots until dropped, or until the
+/// connection is closed to make room (it is on its way out: its slot is
+/// given back at once, so that connections reopened as fast as they are
+/// closed do not fill the address's cap with ones still closing).
 pub struct AddressSlot {
     table: Arc<PerAddress>,
     ip: IpAddr,
+    /// Cancelled when the slot was given back on eviction.
+    released: CancellationToken,
 }
 
 /// Counts a connection as unauthenticated until dropped (it authenticated,
@@ -131,7 +148,8 @@ impl PerAddress {
     }
 
     /// Admits a connection from `ip` (grouped by [`source_key`]) as
-    /// unauthenticated, or says why not.
+    /// unauthenticated, or says why not; `spoke` if its client has already
+    /// sent something (see [`Waiting::spoke`]).
     /// Closing an older connection to make room cancels its
     /// [`Waiting::evicted`] token.
     pub fn admit(
@@ -139,6 +157,7 @@ impl PerAddress {
         ip: IpAddr,
         caps: AddressCaps,
         now: Instant,
+        spoke: bool,
     ) -> Result<(AddressSlot, Waiting), Refusal> {
         let ip = source_key(ip);
         let mut open = self.lock();
@@ -147,13 +166,26 @@ impl PerAddress {
             return Err(Refusal::TooMany { max: caps.max });
         }
         if entry.waiting.len() >= caps.max_waiting.max(1) {
-            match entry.waiting.front() {
-                Some(oldest) if now.saturating_duration_since(oldest.since) >= caps.grace => {
-                    if let Some(oldest) = entry.waiting.pop_front() {
-                        oldest.evict.cancel();
+            // Silent ones seen to be silent first, then those not looked at
+            // yet (a newcomer's task may not have run), oldest first.
+            let silent = entry
+                .waiting
+                .iter()
+                .position(|w| w.heard == Heard::Nothing)
+                .or_else(|| entry.waiting.iter().position(|w| w.heard == Heard::Unknown));
+            let past_grace = entry
+                .waiting
+                .front()
+                .filter(|oldest| now.saturating_duration_since(oldest.since) >= caps.grace)
+                .map(|_| 0);
+            match silent.or(past_grace) {
+                Some(at) => {
+                    if let Some(evicted) = entry.waiting.remove(at) {
+                        evicted.evict.cancel();
+                        entry.open = entry.open.saturating_sub(1);
                     }
                 }
-                _ => {
+                None => {
                     if entry.open == 0 {
                         open.remove(&ip);
                     }
@@ -164,8 +196,14 @@ impl PerAddress {
         entry.open += 1;
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let evicted = CancellationToken::new();
-        entry.waiting.push_back(WaitingEntry { id, since: now, evict: evicted.clone() });
-        Ok((AddressSlot { table: self.clone(), ip }, Waiting { table: self.clone(), ip, id, evicted }))
+        entry.waiting.push_back(WaitingEntry {
+            id,
+            since: now,
+            heard: if spoke { Heard::Spoke } else { Heard::Unknown },
+            evict: evicted.clone(),
+        });
+        let slot = AddressSlot { table: self.clone(), ip, released: evicted.clone() };
+        Ok((slot, Waiting { table: self.clone(), ip, id, evicted }))
     }
 }
 
@@ -173,9 +211,34 @@ impl Drop for AddressSlot {
     fn drop(&mut self) {
         let mut open = self.table.lock();
         if let Some(entry) = open.get_mut(&self.ip) {
-            entry.open = entry.open.saturating_sub(1);
+            if !self.released.is_cancelled() {
+                entry.open = entry.open.saturating_sub(1);
+            }
             if entry.open == 0 && entry.waiting.is_empty() {
                 open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Waiting {
+    /// Records that the client has sent its first bytes: from now on it is
+    /// closed to make room only once it is older than the grace.
+    pub fn spoke(&self) {
+        self.heard(Heard::Spoke);
+    }
+
+    /// Records that the server looked and the client had sent nothing yet:
+    /// it is the first to make room for a newer connection.
+    pub fn silent(&self) {
+        self.heard(Heard::Nothing);
+    }
+
+    fn heard(&self, heard: Heard) {
+        let mut open = self.table.lock();
+        if let Some(entry) = open.get_mut(&self.ip) {
+            if let Some(w) = entry.waiting.iter_mut().find(|w| w.id == self.id) {
+                w.heard = heard;
             }
         }
     }
@@ -237,12 +300,12 @@ mod tests {
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let caps = AddressCaps { max_waiting: 10, max: 2, ..CAPS };
         let t0 = Instant::now();
-        let a = table.admit(ip, caps, t0).unwrap();
-        let _b = table.admit(ip, caps, t0).unwrap();
-        assert_eq!(table.admit(ip, caps, t0).err(), Some(Refusal::TooMany { max: 2 }));
-        assert!(table.admit("127.0.0.2".parse().unwrap(), caps, t0).is_ok());
+        let a = table.admit(ip, caps, t0, false).unwrap();
+        let _b = table.admit(ip, caps, t0, false).unwrap();
+        assert_eq!(table.admit(ip, caps, t0, false).err(), Some(Refusal::TooMany { max: 2 }));
+        assert!(table.admit("127.0.0.2".parse().unwrap(), caps, t0, false).is_ok());
         drop(a);
-        assert!(table.admit(ip, caps, t0).is_ok());
+        assert!(table.admit(ip, caps, t0, false).is_ok());
         assert!(
             table.lock().get(&"127.0.0.2".parse().unwrap()).is_none(),
             "an address with nothing open is forgotten"
@@ -254,11 +317,11 @@ mod tests {
         let table = Arc::new(PerAddress::default());
         let caps = AddressCaps { max_waiting: 10, max: 2, ..CAPS };
         let t0 = Instant::now();
-        let _a = table.admit("2001:db8:1:2::1".parse().unwrap(), caps, t0).unwrap();
-        let _b = table.admit("2001:db8:1:2:ffff::9".parse().unwrap(), caps, t0).unwrap();
-        let third = table.admit("2001:db8:1:2:1234:5678:9abc:def0".parse().unwrap(), caps, t0);
+        let _a = table.admit("2001:db8:1:2::1".parse().unwrap(), caps, t0, false).unwrap();
+        let _b = table.admit("2001:db8:1:2:ffff::9".parse().unwrap(), caps, t0, false).unwrap();
+        let third = table.admit("2001:db8:1:2:1234:5678:9abc:def0".parse().unwrap(), caps, t0, false);
         assert_eq!(third.err(), Some(Refusal::TooMany { max: 2 }), "the same /64");
-        assert!(table.admit("2001:db8:1:3::1".parse().unwrap(), caps, t0).is_ok(), "another /64");
+        assert!(table.admit("2001:db8:1:3::1".parse().unwrap(), caps, t0, false).is_ok(), "another /64");
     }
 
     #[test]
@@ -266,25 +329,63 @@ mod tests {
         let table = Arc::new(PerAddress::default());
         let ip: IpAddr = "10.0.0.1".parse().unwrap();
         let t0 = Instant::now();
-        let (_slot_a, a) = table.admit(ip, CAPS, t0).unwrap();
-        let (_slot_b, b) = table.admit(ip, CAPS, t0 + Duration::from_millis(100)).unwrap();
+        let (_slot_a, a) = table.admit(ip, CAPS, t0, false).unwrap();
+        let (_slot_b, b) = table.admit(ip, CAPS, t0 + Duration::from_millis(100), false).unwrap();
+        a.spoke();
+        b.spoke();
         // Both young: refused.
         let early = t0 + Duration::from_millis(500);
-        assert_eq!(table.admit(ip, CAPS, early).err(), Some(Refusal::TooManyWaiting { max: 2 }));
+        assert_eq!(table.admit(ip, CAPS, early, false).err(), Some(Refusal::TooManyWaiting { max: 2 }));
         // Authenticated connections do not count against it.
         drop(b);
-        let (_slot_c, c) = table.admit(ip, CAPS, early).unwrap();
+        let (_slot_c, c) = table.admit(ip, CAPS, early, false).unwrap();
+        c.spoke();
         // The oldest, past the grace, makes room for a newcomer.
         let late = t0 + Duration::from_millis(1_200);
-        let (_slot_d, _d) = table.admit(ip, CAPS, late).unwrap();
+        let (_slot_d, d) = table.admit(ip, CAPS, late, false).unwrap();
+        d.spoke();
         assert!(a.evicted.is_cancelled());
         assert!(!c.evicted.is_cancelled());
         drop(a);
         // c (0.5 s) and d (1.2 s) are young at 1.3 s: refused.
-        let refused = table.admit(ip, CAPS, t0 + Duration::from_millis(1_300));
+        let refused = table.admit(ip, CAPS, t0 + Duration::from_millis(1_300), false);
         assert_eq!(refused.err(), Some(Refusal::TooManyWaiting { max: 2 }));
         // Once both are past the grace, c (the oldest) makes room.
-        let (_slot_e, _e) = table.admit(ip, CAPS, t0 + Duration::from_secs(3)).unwrap();
+        let (_slot_e, _e) = table.admit(ip, CAPS, t0 + Duration::from_secs(3), false).unwrap();
         assert!(c.evicted.is_cancelled());
+    }
+
+    /// The finding behind it: 300 bare connections from one address,
+    /// each reopened as soon as it closed (20,000 in 25 s), kept every
+    /// connection from that address young, so a real client's was refused.
+    #[test]
+    fn connections_that_say_nothing_make_room_at_once_for_one_that_speaks() {
+        let table = Arc::new(PerAddress::default());
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        let t0 = Instant::now();
+        let caps = AddressCaps { max_waiting: 3, ..CAPS };
+        let mut held: Vec<_> = (0..3).map(|_| table.admit(ip, caps, t0, false).unwrap()).collect();
+        held[1].1.silent();
+        // A real client: admitted (the oldest silent one makes room), and it speaks.
+        let (_slot, real) = table.admit(ip, caps, t0, false).unwrap();
+        assert!(held[1].1.evicted.is_cancelled(), "the one seen to be silent made room first");
+        assert!(!held[0].1.evicted.is_cancelled(), "before the older one not looked at yet");
+        // It gave its slot back at once, though its task still holds it.
+        assert_eq!(table.lock()[&source_key(ip)].open, 3);
+        real.spoke();
+        held.remove(1);
+        // A churn of silent newcomers, all within the grace: each takes a
+        // silent one's place, never the one that spoke.
+        for _ in 0..1_000 {
+            held.push(table.admit(ip, caps, t0 + Duration::from_millis(10), false).unwrap());
+            held.retain(|(_, w)| !w.evicted.is_cancelled());
+        }
+        assert!(!real.evicted.is_cancelled(), "a connection that spoke is not closed within the grace");
+        // Once every one has spoken and is young, a newcomer is refused.
+        for (_, w) in &held {
+            w.spoke();
+        }
+        let refused = table.admit(ip, caps, t0 + Duration::from_millis(20), false);
+        assert_eq!(refused.err(), Some(Refusal::TooManyWaiting { max: 3 }));
     }
 }

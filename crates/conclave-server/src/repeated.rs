@@ -159,6 +159,10 @@ pub enum Warning {
     /// Closed for a frame that breaks the protocol: too large, undecodable,
     /// out of place, or of another protocol version.
     ProtocolError,
+    /// A password login failed (wrong password, or no such user).
+    LoginFailed,
+    /// A password login was refused by the throttle.
+    LoginThrottled,
 }
 
 impl Warning {
@@ -175,6 +179,8 @@ impl Warning {
             Warning::HandshakeDeadline => "connections closed at the handshake deadline",
             Warning::SlowConsumer => "connections closed for not reading (slow consumer)",
             Warning::ProtocolError => "connections closed for breaking the protocol",
+            Warning::LoginFailed => "failed logins",
+            Warning::LoginThrottled => "logins refused by the throttle",
         }
     }
 }

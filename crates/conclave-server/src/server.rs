@@ -245,7 +245,8 @@ async fn accept_loop(
             max_waiting: config.max_unauthenticated_per_address,
             grace: config.unauthenticated_grace,
         };
-        let (slot, waiting) = match shared.per_address.admit(peer.ip(), caps, std::time::Instant::now()) {
+        let now = std::time::Instant::now();
+        let (slot, waiting) = match shared.per_address.admit(peer.ip(), caps, now, has_spoken(&tcp)) {
             Ok(admitted) => admitted,
             Err(refusal) => {
                 let ip = peer.ip();
@@ -279,7 +280,19 @@ async fn accept_loop(
             let _active = ActiveGuard::new(shared2.clone(), peer);
             session::serve(shared2, tcp, peer, waiting, shutdown).await;
         });
+        // Let the new session look at its socket before the next accept:
+        // whether its client has spoken decides who makes room for whom
+        // when its address is at its unauthenticated cap.
+        tokio::task::yield_now().await;
     }
+}
+
+/// Whether the client has sent something already (its ClientHello, usually:
+/// a real client sends it as soon as it has connected, so under a backlog of
+/// accepts it is there by now). Does not wait and consumes nothing.
+pub(crate) fn has_spoken(tcp: &TcpStream) -> bool {
+    let mut byte = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    matches!(socket2::SockRef::from(tcp).peek(&mut byte), Ok(n) if n > 0)
 }
 
 /// Refuses a connection for a limit: logs it (once per kind and address,

@@ -131,8 +131,22 @@ async fn handshake(
     deadline: Instant,
     waiting: &Waiting,
 ) -> Option<(ReadHalf<TlsStream>, WriteHalf<TlsStream>, ConnInfo)> {
+    let accept = async {
+        // A client that has sent its first bytes is no longer the first to
+        // make room for a newer connection (`limits::PerAddress`). A peer
+        // that closed has not spoken.
+        if !crate::server::has_spoken(&tcp) {
+            waiting.silent();
+            let mut first = [0u8; 1];
+            if !matches!(tcp.peek(&mut first).await, Ok(n) if n > 0) {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            }
+        }
+        waiting.spoke();
+        shared.acceptor.accept(tcp).await
+    };
     let accept = tokio::select! {
-        accepted = timeout_at(deadline, shared.acceptor.accept(tcp)) => accepted,
+        accepted = timeout_at(deadline, accept) => accepted,
         _ = waiting.evicted.cancelled() => {
             // No TLS yet, so no frame can tell it; counted in the log.
             repeated::note(&shared.warnings, Warning::Evicted, peer,
@@ -239,6 +253,10 @@ pub async fn run<R, W>(
                     // close is a detail.
                     tracing::debug!(%peer, "closing: server shutting down");
                     session.close_with(ErrorBody::new(ErrorCode::SHUTTING_DOWN, "server shutting down; reconnect later"));
+                } else if session.outbox.is_closed() {
+                    // Whoever kicked it gave its last word (a room that
+                    // could not be reloaded, say) and logged why.
+                    session.closing = true;
                 } else {
                     let (frames, bytes) = (config.outbound_queue, config.outbound_bytes);
                     let message = format!(
@@ -317,7 +335,7 @@ pub async fn run<R, W>(
         }
     }
     if let State::Ready(account) = &state {
-        tracing::debug!(%peer, user = %account.username, device = account.device.0, "session ended");
+        tracing::info!(%peer, user = %account.username, device = account.device.0, "session ended");
     }
     let unsubscribe = Box::pin(session.unsubscribe());
     unsubscribe.await;
@@ -554,11 +572,14 @@ impl Session {
                     }
                     (_, body) => body,
                 };
+                let was_ready = matches!(state, State::Ready(_));
                 let (next, result) = self.dispatch(state, body).await;
-                if matches!(next, State::Ready(_)) {
+                if let (false, State::Ready(a)) = (was_ready, &next) {
                     // Authenticated: no longer counts as waiting to sign in,
                     // from before the client can see the answer.
                     self.waiting = None;
+                    let active = self.shared.active.load(Ordering::Relaxed);
+                    tracing::info!(peer = %self.info.peer, user = %a.username, device = a.device.0, active, "signed in");
                 }
                 if self.reply(id, result) {
                     Flow::Continue(next)
@@ -621,7 +642,10 @@ impl ActiveGuard {
     /// Counts one more active connection and logs the open.
     pub fn new(shared: Arc<Shared>, peer: SocketAddr) -> Self {
         let active = shared.active.fetch_add(1, Ordering::Relaxed) + 1;
-        tracing::info!(%peer, active, "connection opened");
+        // Per connection: debug only, so that connections that never sign
+        // in (a flood, a scanner) cost the log nothing at the default level;
+        // a session that authenticates is logged at info.
+        tracing::debug!(%peer, active, "connection opened");
         Self { shared, peer }
     }
 }
@@ -629,7 +653,7 @@ impl ActiveGuard {
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         let active = self.shared.active.fetch_sub(1, Ordering::Relaxed) - 1;
-        tracing::info!(peer = %self.peer, active, "connection closed");
+        tracing::debug!(peer = %self.peer, active, "connection closed");
     }
 }
 
@@ -654,7 +678,8 @@ mod tests {
         let peer = tcp.local_addr().unwrap();
         let caps = crate::limits::AddressCaps { max: 1, max_waiting: 1, grace: std::time::Duration::ZERO };
         let per_address = Arc::new(crate::limits::PerAddress::default());
-        let Ok((_slot, waiting)) = per_address.admit(peer.ip(), caps, std::time::Instant::now()) else {
+        let Ok((_slot, waiting)) = per_address.admit(peer.ip(), caps, std::time::Instant::now(), false)
+        else {
             panic!("a fresh table admits one connection")
         };
         let connection = serve(server.shared().clone(), tcp, peer, waiting, CancellationToken::new());

@@ -47,6 +47,13 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
     config.outbound_queue = args.outbound_queue;
     anyhow::ensure!(args.outbound_bytes >= 64 * 1024, "--outbound-bytes must be at least 65536");
     config.outbound_bytes = args.outbound_bytes;
+    anyhow::ensure!(
+        args.max_unauthenticated_per_address <= args.max_connections_per_address,
+        "--max-unauthenticated-per-address ({}) cannot be more than --max-connections-per-address ({}): \
+         unauthenticated connections count against both; lower the first or raise the second",
+        args.max_unauthenticated_per_address,
+        args.max_connections_per_address
+    );
     config.max_unauthenticated_per_address = args.max_unauthenticated_per_address;
     config.unauthenticated_grace = std::time::Duration::from_secs(args.unauthenticated_grace);
     config.fsync = args.fsync == OnOff::On;

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use conclave_proto::{validate_username, ErrorBody, ErrorCode, Login, MAX_PASSWORD_BYTES};
 
+use crate::repeated::{self, Warning};
 use crate::session::ConnInfo;
 use crate::store::DeviceAccount;
 use crate::throttle::Key;
@@ -32,7 +33,8 @@ pub async fn handle(shared: &Shared, info: &ConnInfo, req: Login) -> Result<Devi
     // many connections cannot all get past the throttle before one fails.
     let attempt = shared.throttle.begin(&keys, Instant::now()).map_err(|wait| {
         let secs = wait.as_secs_f64().ceil().max(1.0) as u32;
-        tracing::warn!(retry_after_secs = secs, "login throttled");
+        let message = format!("login throttled: too many failed logins; retry in {secs} s");
+        repeated::note(&shared.warnings, Warning::LoginThrottled, info.peer, &message);
         ErrorBody {
             code: ErrorCode::THROTTLED,
             message: format!("too many attempts, retry in {secs} s"),
@@ -54,7 +56,12 @@ pub async fn handle(shared: &Shared, info: &ConnInfo, req: Login) -> Result<Devi
     let ok = plausible && shared.hasher.verify(req.password, credential.map(|c| c.password_hash)).await?;
     let Some(user) = user.filter(|_| ok) else {
         attempt.failed(Instant::now());
-        tracing::warn!("login failed");
+        repeated::note(
+            &shared.warnings,
+            Warning::LoginFailed,
+            info.peer,
+            "login failed: invalid username or password",
+        );
         return Err(invalid());
     };
     attempt.succeeded(&account_key);

@@ -301,12 +301,12 @@ impl RoomActor {
             Ok(Some(fresh)) => fresh,
             Ok(None) => {
                 tracing::error!(room = %self.name, "the room is gone from storage; disconnecting its subscribers");
-                self.kick_all();
+                self.kick_all("could not be reloaded from storage");
                 return false;
             }
             Err(e) => {
                 tracing::error!(room = %self.name, error = %e, "cannot reload the room; disconnecting its subscribers");
-                self.kick_all();
+                self.kick_all("could not be reloaded from storage");
                 return false;
             }
         };
@@ -362,14 +362,20 @@ impl RoomActor {
             Ok(frames) => self.fan_out_all(&frames),
             Err(e) => {
                 tracing::error!(room = %self.name, error = %e, "cannot replay entries; disconnecting subscribers");
-                self.kick_all();
+                self.kick_all("could not read back its entries from storage");
             }
         }
     }
 
-    /// Disconnects every subscriber: its client reconnects and re-syncs.
-    fn kick_all(&mut self) {
+    /// Disconnects every subscriber, telling it why (`INTERNAL`, the room
+    /// and `what` failed, then "reconnect"): its client reconnects and re-syncs.
+    fn kick_all(&mut self, what: &str) {
+        let message =
+            format!("room #{} {what} after a failed write; reconnect and sync from the log", self.name);
+        let last = ServerFrame::Error { id: None, error: ErrorBody::new(ErrorCode::INTERNAL, message) };
         for (_, s) in self.subscribers.drain() {
+            // The first last word wins: the session's own (slow consumer) is dropped.
+            s.outbox.close_with(&last);
             s.kick.cancel();
         }
     }
