@@ -16,7 +16,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use conclave_proto::{
     decode_entry, encode_entry, encode_to_bytes, validate_username, ClaimedKeyPackage, EntryBody, ErrorBody,
-    Event, LogEntry, MemberInfo, Role, RoomSummary, ServerFrame, WelcomeItem, MAX_MESSAGE_BYTES,
+    ErrorCode, Event, LogEntry, MemberInfo, Role, RoomSummary, ServerFrame, WelcomeItem, MAX_MESSAGE_BYTES,
 };
 use tokio::sync::mpsc;
 
