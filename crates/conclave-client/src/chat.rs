@@ -11,11 +11,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use conclave_proto::{
-    validate_room_name, AccountInfo, ClaimedKeyPackage, EntryBody, ErrorCode, Event, LogEntry, MemberInfo,
-    Request, Response, Role, RoomSummary, MAX_MESSAGE_BYTES,
+    validate_room_name, validate_username, AccountInfo, ClaimedKeyPackage, EntryBody, ErrorCode, Event,
+    LogEntry, MemberIdentity, MemberInfo, Request, Response, Role, RoomSummary, MAX_MESSAGE_BYTES,
 };
 
-use crate::engine::{Applied, Engine, EngineError, HistoryRow, Item, Meta};
+use crate::engine::{username_of, Applied, Engine, EngineError, HistoryRow, Item, Meta};
 use crate::{ClientError, Connection, DeviceKey};
 
 /// Attempts at a commit that keeps losing the race for an epoch.
@@ -78,7 +78,7 @@ fn leaves_of(
     Ok(engine
         .members(room)?
         .into_iter()
-        .filter(|(_, identity)| wanted(identity.rsplit_once(':').map_or(identity.as_str(), |(u, _)| u)))
+        .filter(|(_, identity)| wanted(&username_of(identity)))
         .map(|(leaf, _)| leaf)
         .collect())
 }
@@ -109,7 +109,10 @@ impl Chat {
         conn: Connection,
         account: AccountInfo,
     ) -> Result<Self, ClientError> {
-        let identity = format!("{}:{}", account.username, account.device_id);
+        let username = validate_username(&account.username).map_err(|e| {
+            ClientError::Protocol(format!("the server authenticated this device as an invalid username: {e}"))
+        })?;
+        let identity = MemberIdentity::new(username, account.device_id).to_string();
         let engine = Engine::open(&profile_dir.join("mls.db"), &device.seed(), &device.public(), &identity)
             .map_err(mls)?;
         Ok(Self { conn, engine, account, names: HashMap::new() })

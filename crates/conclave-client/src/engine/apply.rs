@@ -109,6 +109,7 @@ fn own_message_to_history(tx: &mut Tx<'_>, room: &str, meta: &Meta) -> Result<Op
     let Some(id) = meta.own_client_msg_id else { return Ok(None) };
     let Some(text) = store::take_outgoing(tx.conn, room, id)? else { return Ok(None) };
     let username = username_of(tx.identity);
+    let username = username.as_str();
     let display = if meta.sender_display.is_empty() { username } else { &meta.sender_display };
     let row = NewRow {
         seq: meta.seq,
@@ -205,6 +206,7 @@ fn decrypt(
         ProcessedMessageContent::ApplicationMessage(m) => {
             let text = String::from_utf8_lossy(&m.into_bytes()).into_owned();
             let username = username_of(&sender_identity);
+            let username = username.as_str();
             if !meta.sender.is_empty() && meta.sender != username {
                 tracing::warn!(room, seq = meta.seq, server = %meta.sender, mls = %sender_identity,
                     "the server attributes a message to another user than its MLS sender");

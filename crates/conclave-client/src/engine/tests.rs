@@ -65,7 +65,7 @@ struct Log {
 impl Log {
     fn push(&mut self, sender: &str, body: Body, text: Option<&str>, client_msg_id: Option<u64>) -> u64 {
         let seq = self.entries.len() as u64 + 1;
-        let user = username_of(sender).to_owned();
+        let user = username_of(sender);
         let meta = Meta {
             seq,
             time_ms: 1_700_000_000_000 + seq,
@@ -894,6 +894,13 @@ fn files_are_private_and_bound_to_their_device() {
     assert!(matches!(e, EngineError::Invalid(_)), "{e}");
     let e = Engine::open(&path, &other.seed(), &other.public(), "alice").unwrap_err();
     assert!(matches!(e, EngineError::Invalid(_)), "{e}");
+    // The client and the server parse identities alike (MemberIdentity): a
+    // username with a colon, capitals, or a device number with a leading zero
+    // is refused here too, before anything is stored.
+    for bad in ["a:b:1", "Alice:1", "alice:01", "alice:99999999999"] {
+        let e = Engine::open(&path, &other.seed(), &other.public(), bad).unwrap_err();
+        assert!(matches!(e, EngineError::Invalid(_)) && e.to_string().contains(bad), "{bad}: {e}");
+    }
 }
 
 #[test]
