@@ -10,7 +10,7 @@ use openmls::prelude::tls_codec::DeserializeBytes as _;
 use openmls::prelude::{ContentType, MlsGroup, MlsMessageIn, ProcessedMessageContent, ProtocolMessage};
 
 use super::store::{self, NewRow, PendingKind};
-use super::{identity_string, username_of, Applied, Engine, EngineError, Item, Meta, Tx};
+use super::{identity_string, username_of, Applied, Engine, EngineError, HistoryKind, Item, Meta, Tx};
 
 impl Engine {
     /// Processes one log entry of `room`, in sequence order, atomically with
@@ -116,7 +116,7 @@ fn own_message_to_history(tx: &mut Tx<'_>, room: &str, meta: &Meta) -> Result<Op
         time_ms: meta.time_ms,
         sender: username,
         sender_display: display,
-        kind: "message",
+        kind: HistoryKind::Message,
         text: &text,
     };
     store::put_history(tx.conn, room, &row)?;
@@ -126,13 +126,12 @@ fn own_message_to_history(tx: &mut Tx<'_>, room: &str, meta: &Meta) -> Result<Op
 /// Writes `meta.text`, if any, as a notice.
 fn notice_to_history(tx: &mut Tx<'_>, room: &str, meta: &Meta) -> Result<(), EngineError> {
     let Some(text) = &meta.text else { return Ok(()) };
-    let kind = if meta.kind.is_empty() { "notice" } else { &meta.kind };
     let row = NewRow {
         seq: meta.seq,
         time_ms: meta.time_ms,
         sender: &meta.sender,
         sender_display: &meta.sender_display,
-        kind,
+        kind: meta.kind,
         text,
     };
     store::put_history(tx.conn, room, &row)
@@ -152,7 +151,7 @@ fn apply_message(tx: &mut Tx<'_>, room: &str, meta: &Meta, bytes: &[u8]) -> Resu
                 time_ms: meta.time_ms,
                 sender: &meta.sender,
                 sender_display: &meta.sender_display,
-                kind: "undecryptable",
+                kind: HistoryKind::Undecryptable,
                 text: &reason,
             };
             store::put_history(tx.conn, room, &row)?;
@@ -221,7 +220,7 @@ fn decrypt(
                 time_ms: meta.time_ms,
                 sender: username,
                 sender_display: display,
-                kind: "message",
+                kind: HistoryKind::Message,
                 text: &text,
             };
             store::put_history(tx.conn, room, &row)?;

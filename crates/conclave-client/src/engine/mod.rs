@@ -43,6 +43,7 @@
 mod apply;
 mod error;
 mod group;
+mod kind;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -62,6 +63,7 @@ use openmls_rust_crypto::RustCrypto;
 use rusqlite::{params, Connection, TransactionBehavior};
 
 pub use error::EngineError;
+pub use kind::{HistoryKind, UnknownHistoryKind};
 use store::{sql, PendingKind, Provider, RoomRow};
 
 /// The one ciphersuite Conclave rooms use.
@@ -109,9 +111,9 @@ pub struct Meta {
     pub sender: String,
     /// The sender's display name.
     pub sender_display: String,
-    /// The kind of history row for notices: "join", "leave", "remove", "notice"...
-    /// (messages are always "message").
-    pub kind: String,
+    /// The kind of history row for notices (messages are always
+    /// [`HistoryKind::Message`]).
+    pub kind: HistoryKind,
     /// The text of a notice, written to history for commits and skipped entries.
     pub text: Option<String>,
     /// Set when the entry is this device's own message, with the id it was sent with.
@@ -157,9 +159,10 @@ pub struct HistoryRow {
     pub sender: String,
     /// The sender's display name.
     pub sender_display: String,
-    /// "message", "undecryptable", or a notice kind ("join", "leave", "remove", "notice"...).
-    pub kind: String,
-    /// The text (for "undecryptable", why).
+    /// A message, an undecryptable message, or a notice kind; serialised as
+    /// `"message"`, `"undecryptable"`, `"join"`... (see [`HistoryKind`]).
+    pub kind: HistoryKind,
+    /// The text (for [`HistoryKind::Undecryptable`], why).
     pub text: String,
 }
 

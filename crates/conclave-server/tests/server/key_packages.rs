@@ -4,7 +4,7 @@
 //! the client's MLS engine, uploaded to a real server over TLS.
 
 use conclave_client::engine::Engine;
-use conclave_client::{Chat, ClientError, Connection, DeviceKey};
+use conclave_client::{Chat, ClientError, Connection, DeviceKey, HistoryKind};
 use conclave_proto::{
     validate_username, AccountInfo, ErrorCode, MemberIdentity, Password, Request, Response,
 };
@@ -187,6 +187,6 @@ async fn a_key_package_is_stored_once_and_handed_out_once() {
     alice.send("lab", "welcome, bob").await.unwrap();
     bob.sync_room("lab").await.unwrap();
     let rows = bob.history("lab", 0, 100).unwrap();
-    assert!(rows.iter().any(|r| r.kind == "message" && r.text == "welcome, bob"), "{rows:?}");
+    assert!(rows.iter().any(|r| r.kind == HistoryKind::Message && r.text == "welcome, bob"), "{rows:?}");
     s.stop().await;
 }
