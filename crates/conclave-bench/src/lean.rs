@@ -10,8 +10,9 @@ use anyhow::{bail, Context, Result};
 use bytes::{Buf, BytesMut};
 use conclave_client::{connect_tls, engine::Engine, ClientStream};
 use conclave_proto::{
-    auth_message, decode, encode_to_bytes, Authenticate, ClientFrame, ClientHello, Request, RequestId,
-    Response, ServerFrame, CLIENT_MAX_FRAME_LEN, EXPORTER_LABEL, EXPORTER_LEN, PROTOCOL_VERSION,
+    auth_message, decode, encode_to_bytes, validate_username, Authenticate, ClientFrame, ClientHello,
+    MemberIdentity, Request, RequestId, Response, ServerFrame, CLIENT_MAX_FRAME_LEN, EXPORTER_LABEL,
+    EXPORTER_LEN, PROTOCOL_VERSION,
 };
 use std::time::Instant;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -92,7 +93,7 @@ impl Lean {
     /// Uploads one KeyPackage made by a fresh client engine in `dir`, so the
     /// member can be added to a room.
     pub async fn upload_key_package(&mut self, account: &Account, dir: &std::path::Path) -> Result<()> {
-        let identity = format!("{}:{}", self.username, self.device_id);
+        let identity = MemberIdentity::new(validate_username(&self.username)?, self.device_id).to_string();
         let mut engine =
             Engine::open(&dir.join("mls.db"), &account.device.seed(), &account.device.public(), &identity)?;
         let key_packages = engine.new_key_packages(1)?;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use conclave_client::engine::{Applied, Engine, Item, Meta};
+use conclave_client::engine::{Applied, Engine, HistoryKind, Item, Meta};
 use conclave_client::{connect_tls, DeviceKey};
 use conclave_proto::Password;
 use serde_json::json;
@@ -474,7 +474,7 @@ async fn catchup(cli: &Cli, messages: usize, size: usize, repeat: usize) -> Resu
         let rows: Vec<_> = updates
             .iter()
             .filter_map(|u| match u {
-                conclave_client::Update::Row(r) if r.kind == "message" => Some(r),
+                conclave_client::Update::Row(r) if r.kind == HistoryKind::Message => Some(r),
                 _ => None,
             })
             .collect();
@@ -487,7 +487,8 @@ async fn catchup(cli: &Cli, messages: usize, size: usize, repeat: usize) -> Resu
         for (k, r) in rows.iter().enumerate() {
             ensure!(r.text == traffic::plaintext(0, k, size), "catch-up {run}: message {k} is wrong");
         }
-        let stored = chat.history(&name, 0, messages + 10)?.iter().filter(|r| r.kind == "message").count();
+        let stored =
+            chat.history(&name, 0, messages + 10)?.iter().filter(|r| r.kind == HistoryKind::Message).count();
         ensure!(stored == messages, "catch-up {run}: {stored} of {messages} messages in the history");
         connect_ms.push(connected.as_secs_f64() * 1000.0);
         catchup_ms.push(took.as_secs_f64() * 1000.0);
@@ -594,7 +595,7 @@ fn mls(members: usize, repeat: usize) -> Result<Report> {
         creator.merge_pending(room)?;
         add_one.push(t.elapsed().as_nanos() as u64);
         seq += 1;
-        let meta = Meta { seq, kind: "notice".into(), ..Meta::default() };
+        let meta = Meta { seq, kind: HistoryKind::Notice, ..Meta::default() };
         let t = Instant::now();
         second.apply(room, &meta, Item::Commit(&out.commit))?;
         process.push(t.elapsed().as_nanos() as u64);
@@ -605,7 +606,7 @@ fn mls(members: usize, repeat: usize) -> Result<Report> {
         let ct = creator.encrypt(room, &[b'x'; 200])?;
         encrypt.push(t.elapsed().as_nanos() as u64);
         seq += 1;
-        let meta = Meta { seq, sender: "m0".into(), kind: "message".into(), ..Meta::default() };
+        let meta = Meta { seq, sender: "m0".into(), kind: HistoryKind::Message, ..Meta::default() };
         let t = Instant::now();
         let applied = second.apply(room, &meta, Item::Message(&ct))?;
         decrypt.push(t.elapsed().as_nanos() as u64);

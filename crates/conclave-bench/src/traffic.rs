@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use conclave_client::engine::{Applied, Item, Meta};
+use conclave_client::engine::{Applied, HistoryKind, Item, Meta};
 use conclave_client::Chat;
 use conclave_proto::{EntryBody, Event, Request, Response};
 use tokio::sync::mpsc;
@@ -491,7 +491,7 @@ pub async fn run(
                 time_ms,
                 sender: sender.clone(),
                 sender_display: sender.clone(),
-                kind: "message".into(),
+                kind: HistoryKind::Message,
                 text: None,
                 own_client_msg_id: None,
             };

@@ -11,11 +11,11 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use conclave_proto::{
-    validate_room_name, AccountInfo, ClaimedKeyPackage, EntryBody, ErrorCode, Event, LogEntry, MemberInfo,
-    Request, Response, Role, RoomSummary, MAX_MESSAGE_BYTES,
+    validate_room_name, validate_username, AccountInfo, ClaimedKeyPackage, EntryBody, ErrorCode, Event,
+    LogEntry, MemberIdentity, MemberInfo, Request, Response, Role, RoomSummary, MAX_MESSAGE_BYTES,
 };
 
-use crate::engine::{Applied, Engine, EngineError, HistoryRow, Item, Meta};
+use crate::engine::{username_of, Applied, Engine, EngineError, HistoryKind, HistoryRow, Item, Meta};
 use crate::{ClientError, Connection, DeviceKey};
 
 /// Attempts at a commit that keeps losing the race for an epoch.
@@ -78,7 +78,7 @@ fn leaves_of(
     Ok(engine
         .members(room)?
         .into_iter()
-        .filter(|(_, identity)| wanted(identity.rsplit_once(':').map_or(identity.as_str(), |(u, _)| u)))
+        .filter(|(_, identity)| wanted(&username_of(identity)))
         .map(|(leaf, _)| leaf)
         .collect())
 }
@@ -109,7 +109,10 @@ impl Chat {
         conn: Connection,
         account: AccountInfo,
     ) -> Result<Self, ClientError> {
-        let identity = format!("{}:{}", account.username, account.device_id);
+        let username = validate_username(&account.username).map_err(|e| {
+            ClientError::Protocol(format!("the server authenticated this device as an invalid username: {e}"))
+        })?;
+        let identity = MemberIdentity::new(username, account.device_id).to_string();
         let engine = Engine::open(&profile_dir.join("mls.db"), &device.seed(), &device.public(), &identity)
             .map_err(mls)?;
         Ok(Self { conn, engine, account, names: HashMap::new() })
@@ -376,13 +379,13 @@ impl Chat {
             time_ms: entry.time_ms,
             sender: entry.sender.clone(),
             sender_display,
-            kind: String::new(),
+            kind: HistoryKind::Notice,
             text: None,
             own_client_msg_id: None,
         };
         let item = match &entry.body {
             EntryBody::Created => {
-                meta.kind = "notice".into();
+                meta.kind = HistoryKind::Notice;
                 meta.text = Some(format!("{} created #{room}", entry.sender));
                 Item::Skip
             }
@@ -395,17 +398,17 @@ impl Chat {
                     notes.push(format!("{} removed {}", entry.sender, removed.join(", ")));
                 }
                 meta.kind = if added.is_empty() && removed.is_empty() {
-                    "commit".into()
+                    HistoryKind::Commit
                 } else if removed.is_empty() {
-                    "join".into()
+                    HistoryKind::Join
                 } else {
-                    "remove".into()
+                    HistoryKind::Remove
                 };
                 meta.text = (!notes.is_empty()).then(|| notes.join("; "));
                 Item::Commit(commit)
             }
             EntryBody::Message { client_msg_id, ciphertext } => {
-                meta.kind = "message".into();
+                meta.kind = HistoryKind::Message;
                 if mine {
                     meta.own_client_msg_id = Some(*client_msg_id);
                     Item::Skip
@@ -414,12 +417,12 @@ impl Chat {
                 }
             }
             EntryBody::Left { user } => {
-                meta.kind = "leave".into();
+                meta.kind = HistoryKind::Leave;
                 meta.text = Some(format!("{user} left"));
                 Item::Skip
             }
             EntryBody::RoleChanged { user, role } => {
-                meta.kind = "role".into();
+                meta.kind = HistoryKind::Role;
                 meta.text = Some(format!("{} made {user} {}", entry.sender, role.as_str()));
                 Item::Skip
             }

@@ -22,7 +22,7 @@ pub use address::ServerAddr;
 pub use chat::{Chat, Update, KEY_PACKAGES_LOW, KEY_PACKAGES_TARGET};
 pub use connection::{connect_tls, Answer, ClientStream, Connection, TlsConnected};
 pub use device::DeviceKey;
-pub use engine::HistoryRow;
+pub use engine::{HistoryKind, HistoryRow};
 pub use error::ClientError;
 pub use names::{RoomNames, ShownName};
 pub use profile::{AccountRecord, Profile, ProfileState};

@@ -619,7 +619,7 @@ impl Session {
             match update {
                 // Rows are handed over by `flush`, from the engine's history.
                 Update::Row(row) => {
-                    if row.kind != "message" && row.kind != "undecryptable" {
+                    if row.kind.is_notice() {
                         changed.insert(row.room.clone());
                     }
                 }
@@ -809,6 +809,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::HistoryKind;
 
     /// Commands and events cross a process boundary as JSON (the web UI of
     /// issue 16): each keeps its meaning there and back.
@@ -830,7 +831,7 @@ mod tests {
             time_ms: 1_700_000_000_000,
             sender: "bob".into(),
             sender_display: "Bob".into(),
-            kind: "message".into(),
+            kind: HistoryKind::Message,
             text: "hello".into(),
         };
         let events = [

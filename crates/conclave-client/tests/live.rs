@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use conclave_client::live::{Command, Dialer, LiveEvent, Options, Session};
-use conclave_client::{connect_tls, Chat, Profile, ServerAddr};
+use conclave_client::{connect_tls, Chat, HistoryKind, Profile, ServerAddr};
 use conclave_proto::Password;
 use conclave_server::{Config, Server};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -97,7 +97,7 @@ fn messages(chat: &Chat, room: &str) -> Vec<String> {
     chat.history(room, 0, 10_000)
         .unwrap()
         .into_iter()
-        .filter(|r| r.kind == "message")
+        .filter(|r| r.kind == HistoryKind::Message)
         .map(|r| r.text)
         .collect()
 }
@@ -155,7 +155,7 @@ async fn reconnects_catches_up_and_sends_what_was_queued() {
         while !(sent && has(&seen, "typed while away") && has(&seen, "bob said this meanwhile")) {
             match events.recv().await.expect("the session ended") {
                 LiveEvent::Rows { room, rows, .. } if room == "lab" => {
-                    seen.extend(rows.into_iter().filter(|r| r.kind == "message").map(|r| r.text));
+                    seen.extend(rows.into_iter().filter(|r| r.kind == HistoryKind::Message).map(|r| r.text));
                 }
                 LiveEvent::Sent { local_id: 7 } => sent = true,
                 LiveEvent::SendFailed { error, .. } => panic!("refused: {error}"),

@@ -15,6 +15,7 @@ mod auth;
 mod codec;
 mod error;
 mod frame;
+mod identity;
 mod names;
 mod rooms;
 mod secret;
@@ -28,6 +29,7 @@ pub use frame::{
     AccountInfo, Authenticate, ClientFrame, ClientHello, Login, Register, Request, RequestId, Response,
     ServerFrame, ServerHello,
 };
+pub use identity::{IdentityError, MemberIdentity};
 pub use names::{
     clean_display_name, display_name_char_problem, validate_display_name, validate_new_username,
     validate_password, validate_username, DisplayName, NameError, Username, MAX_DISPLAY_NAME_CHARS,

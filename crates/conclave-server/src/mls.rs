@@ -33,6 +33,7 @@
 use std::cmp::Ordering;
 use std::collections::HashMap;
 
+use conclave_proto::MemberIdentity;
 use openmls::prelude::tls_codec::{DeserializeBytes as _, Serialize as _};
 use openmls::prelude::{
     Ciphersuite, ContentType, Credential, CredentialType, GroupContext, GroupId, KeyPackage, LeafNode,
@@ -854,15 +855,6 @@ pub fn welcome_recipients(welcome: &[u8]) -> Result<Vec<Vec<u8>>, MlsCheckError>
     Ok(welcome.secrets().iter().map(|s| s.new_member().as_slice().to_vec()).collect())
 }
 
-/// Splits a credential identity `"USERNAME:DEVICE_NO"` into its parts, or
-/// `None` if it is not of that form (device number in canonical decimal).
-/// Whether the user exists is the caller's question.
-pub fn split_identity(identity: &str) -> Option<(&str, u32)> {
-    let (user, device) = identity.rsplit_once(':')?;
-    let number: u32 = device.parse().ok()?;
-    (!user.is_empty() && !user.contains(':') && number.to_string() == device).then_some((user, number))
-}
-
 const SNAPSHOT_MAGIC: &[u8] = b"conclave-room-mls-v1\0";
 
 fn parse(bytes: &[u8]) -> Result<MlsMessageBodyIn, MlsCheckError> {
@@ -902,12 +894,9 @@ fn identity_of(credential: &Credential) -> Result<String, MlsCheckError> {
             credential.credential_type()
         )));
     }
-    let identity = std::str::from_utf8(credential.serialized_content())
-        .map_err(|_| MlsCheckError::BadCredential("the identity is not UTF-8".into()))?;
-    if split_identity(identity).is_none() {
-        return Err(MlsCheckError::BadCredential(format!("identity {identity:?} is not USERNAME:DEVICE_NO")));
-    }
-    Ok(identity.to_owned())
+    MemberIdentity::parse(credential.serialized_content())
+        .map(|identity| identity.to_string())
+        .map_err(|e| MlsCheckError::BadCredential(e.to_string()))
 }
 
 /// A leaf may get new encryption keys, but stays the same device: same

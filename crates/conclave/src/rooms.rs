@@ -6,7 +6,7 @@ use std::io::{IsTerminal, Read, Write};
 use anyhow::{bail, Context};
 use chrono::TimeZone;
 use conclave_client::live::{Dialer, LiveEvent, Options, Session};
-use conclave_client::{Chat, ClientError, Connection, HistoryRow, RoomNames};
+use conclave_client::{Chat, ClientError, Connection, HistoryKind, HistoryRow, RoomNames};
 use conclave_proto::{AccountInfo, Role};
 
 use crate::account::authenticated;
@@ -259,7 +259,7 @@ fn print_row(out: &mut impl Write, row: &HistoryRow, json: bool, names: &RoomNam
             "text": row.text,
         });
         writeln!(out, "{v}")?;
-    } else if row.kind == "message" {
+    } else if row.kind == HistoryKind::Message {
         let sender = names.show(&row.sender, &row.sender_display);
         writeln!(out, "{} <{sender}> {}", time.format("%H:%M:%S"), row.text)?;
     } else {

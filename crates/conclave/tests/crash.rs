@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::{ok, open_chat, profile, run, Rng, Served};
-use conclave_client::ServerAddr;
+use conclave_client::{HistoryKind, ServerAddr};
 
 const CYCLES: usize = 20;
 const USERS: [&str; 3] = ["alice", "bob", "carol"];
@@ -101,7 +101,7 @@ async fn acknowledged_messages_survive_sigkill_exactly_once_and_in_order() {
         .history("lab", 0, 1_000_000)
         .unwrap()
         .into_iter()
-        .filter(|r| r.kind == "message")
+        .filter(|r| r.kind == HistoryKind::Message)
         .map(|r| (r.seq, r.text))
         .collect();
     let mut seen: HashMap<&str, u64> = HashMap::new();

@@ -29,7 +29,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{ok, open_chat, profile, run, Rng, Served, BIN};
-use conclave_client::ServerAddr;
+use conclave_client::{HistoryKind, ServerAddr};
 
 const MESSAGES: usize = 2_500;
 const KILLS: usize = 8;
@@ -195,7 +195,7 @@ async fn a_client_killed_while_catching_up_ends_with_every_message_once_in_order
     ok(&run(&bob_dir, &["send", "lab", &back], ""));
     alice.sync_room("lab").await.unwrap();
     let seen = alice.history("lab", last, 100).unwrap();
-    assert!(seen.iter().any(|r| r.kind == "message" && r.sender == "bob" && r.text == back));
+    assert!(seen.iter().any(|r| r.kind == HistoryKind::Message && r.sender == "bob" && r.text == back));
     alice.send("lab", "welcome back").await.unwrap();
     let rows = tail_rows(&bob_dir);
     let tail: Vec<&str> = rows.iter().rev().take(2).map(|r| r.3.as_str()).collect();

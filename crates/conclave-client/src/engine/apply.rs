@@ -10,7 +10,7 @@ use openmls::prelude::tls_codec::DeserializeBytes as _;
 use openmls::prelude::{ContentType, MlsGroup, MlsMessageIn, ProcessedMessageContent, ProtocolMessage};
 
 use super::store::{self, NewRow, PendingKind};
-use super::{identity_string, username_of, Applied, Engine, EngineError, Item, Meta, Tx};
+use super::{identity_string, username_of, Applied, Engine, EngineError, HistoryKind, Item, Meta, Tx};
 
 impl Engine {
     /// Processes one log entry of `room`, in sequence order, atomically with
@@ -109,13 +109,14 @@ fn own_message_to_history(tx: &mut Tx<'_>, room: &str, meta: &Meta) -> Result<Op
     let Some(id) = meta.own_client_msg_id else { return Ok(None) };
     let Some(text) = store::take_outgoing(tx.conn, room, id)? else { return Ok(None) };
     let username = username_of(tx.identity);
+    let username = username.as_str();
     let display = if meta.sender_display.is_empty() { username } else { &meta.sender_display };
     let row = NewRow {
         seq: meta.seq,
         time_ms: meta.time_ms,
         sender: username,
         sender_display: display,
-        kind: "message",
+        kind: HistoryKind::Message,
         text: &text,
     };
     store::put_history(tx.conn, room, &row)?;
@@ -125,13 +126,12 @@ fn own_message_to_history(tx: &mut Tx<'_>, room: &str, meta: &Meta) -> Result<Op
 /// Writes `meta.text`, if any, as a notice.
 fn notice_to_history(tx: &mut Tx<'_>, room: &str, meta: &Meta) -> Result<(), EngineError> {
     let Some(text) = &meta.text else { return Ok(()) };
-    let kind = if meta.kind.is_empty() { "notice" } else { &meta.kind };
     let row = NewRow {
         seq: meta.seq,
         time_ms: meta.time_ms,
         sender: &meta.sender,
         sender_display: &meta.sender_display,
-        kind,
+        kind: meta.kind,
         text,
     };
     store::put_history(tx.conn, room, &row)
@@ -151,7 +151,7 @@ fn apply_message(tx: &mut Tx<'_>, room: &str, meta: &Meta, bytes: &[u8]) -> Resu
                 time_ms: meta.time_ms,
                 sender: &meta.sender,
                 sender_display: &meta.sender_display,
-                kind: "undecryptable",
+                kind: HistoryKind::Undecryptable,
                 text: &reason,
             };
             store::put_history(tx.conn, room, &row)?;
@@ -205,6 +205,7 @@ fn decrypt(
         ProcessedMessageContent::ApplicationMessage(m) => {
             let text = String::from_utf8_lossy(&m.into_bytes()).into_owned();
             let username = username_of(&sender_identity);
+            let username = username.as_str();
             if !meta.sender.is_empty() && meta.sender != username {
                 tracing::warn!(room, seq = meta.seq, server = %meta.sender, mls = %sender_identity,
                     "the server attributes a message to another user than its MLS sender");
@@ -219,7 +220,7 @@ fn decrypt(
                 time_ms: meta.time_ms,
                 sender: username,
                 sender_display: display,
-                kind: "message",
+                kind: HistoryKind::Message,
                 text: &text,
             };
             store::put_history(tx.conn, room, &row)?;

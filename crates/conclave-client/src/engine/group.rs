@@ -388,8 +388,6 @@ pub(super) fn parse_key_package(crypto: &RustCrypto, bytes: &[u8]) -> Result<Key
         )));
     }
     let identity = identity_string(kp.leaf_node().credential());
-    check_identity(&identity).map_err(|_| {
-        EngineError::Malformed(format!("the KeyPackage's identity {identity:?} is not USERNAME:DEVICE_NO"))
-    })?;
+    check_identity(&identity).map_err(|e| EngineError::Malformed(format!("in the KeyPackage, {e}")))?;
     Ok(kp)
 }

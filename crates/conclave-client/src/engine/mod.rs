@@ -43,6 +43,7 @@
 mod apply;
 mod error;
 mod group;
+mod kind;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -50,6 +51,7 @@ mod tests;
 use std::collections::HashMap;
 use std::path::Path;
 
+use conclave_proto::{IdentityError, MemberIdentity};
 use openmls::prelude::tls_codec::{DeserializeBytes as _, Serialize as _};
 use openmls::prelude::{
     BasicCredential, Capabilities, Ciphersuite, Credential, CredentialWithKey, ExtensionType, GroupId,
@@ -61,6 +63,7 @@ use openmls_rust_crypto::RustCrypto;
 use rusqlite::{params, Connection, TransactionBehavior};
 
 pub use error::EngineError;
+pub use kind::{HistoryKind, UnknownHistoryKind};
 use store::{sql, PendingKind, Provider, RoomRow};
 
 /// The one ciphersuite Conclave rooms use.
@@ -108,9 +111,9 @@ pub struct Meta {
     pub sender: String,
     /// The sender's display name.
     pub sender_display: String,
-    /// The kind of history row for notices: "join", "leave", "remove", "notice"...
-    /// (messages are always "message").
-    pub kind: String,
+    /// The kind of history row for notices (messages are always
+    /// [`HistoryKind::Message`]).
+    pub kind: HistoryKind,
     /// The text of a notice, written to history for commits and skipped entries.
     pub text: Option<String>,
     /// Set when the entry is this device's own message, with the id it was sent with.
@@ -156,9 +159,10 @@ pub struct HistoryRow {
     pub sender: String,
     /// The sender's display name.
     pub sender_display: String,
-    /// "message", "undecryptable", or a notice kind ("join", "leave", "remove", "notice"...).
-    pub kind: String,
-    /// The text (for "undecryptable", why).
+    /// A message, an undecryptable message, or a notice kind; serialised as
+    /// `"message"`, `"undecryptable"`, `"join"`... (see [`HistoryKind`]).
+    pub kind: HistoryKind,
+    /// The text (for [`HistoryKind::Undecryptable`], why).
     pub text: String,
 }
 
@@ -228,7 +232,7 @@ impl Engine {
         device_public: &[u8; 32],
         identity: &str,
     ) -> Result<Self, EngineError> {
-        check_identity(identity)?;
+        check_identity(identity).map_err(|e| EngineError::Invalid(format!("this device's {e}")))?;
         let derived = ed25519_dalek::SigningKey::from_bytes(device_seed).verifying_key().to_bytes();
         if derived != *device_public {
             return Err(EngineError::Invalid(
@@ -518,21 +522,13 @@ fn identity_string(credential: &Credential) -> String {
     String::from_utf8_lossy(credential.serialized_content()).into_owned()
 }
 
-/// The username part of "USERNAME:DEVICE_NO".
-fn username_of(identity: &str) -> &str {
-    identity.rsplit_once(':').map_or(identity, |(user, _)| user)
+/// The username part of a "USERNAME:DEVICE_NO" identity, or the whole
+/// text if it is not one (so that a strange sender still shows as something).
+pub(crate) fn username_of(identity: &str) -> String {
+    identity.parse::<MemberIdentity>().map_or_else(|_| identity.to_owned(), |id| id.username.to_string())
 }
 
-/// Checks the "USERNAME:DEVICE_NO" form.
-fn check_identity(identity: &str) -> Result<(), EngineError> {
-    match identity.rsplit_once(':') {
-        Some((user, device))
-            if !user.is_empty() && !device.is_empty() && device.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            Ok(())
-        }
-        _ => Err(EngineError::Invalid(format!(
-            "{identity:?} is not an MLS identity of the form USERNAME:DEVICE_NO, like alice:1"
-        ))),
-    }
+/// Checks the "USERNAME:DEVICE_NO" form (see [`MemberIdentity`]).
+fn check_identity(identity: &str) -> Result<MemberIdentity, IdentityError> {
+    identity.parse()
 }

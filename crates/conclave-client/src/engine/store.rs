@@ -10,7 +10,7 @@ use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
 use openmls_traits::OpenMlsProvider;
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::EngineError;
+use super::{EngineError, HistoryKind};
 
 /// The engine's own schema, one entry per version (`PRAGMA user_version` is the
 /// number of entries applied). Append only: never edit or reorder an entry.
@@ -367,7 +367,7 @@ pub(super) struct NewRow<'a> {
     pub(super) time_ms: u64,
     pub(super) sender: &'a str,
     pub(super) sender_display: &'a str,
-    pub(super) kind: &'a str,
+    pub(super) kind: HistoryKind,
     pub(super) text: &'a str,
 }
 

@@ -65,13 +65,13 @@ struct Log {
 impl Log {
     fn push(&mut self, sender: &str, body: Body, text: Option<&str>, client_msg_id: Option<u64>) -> u64 {
         let seq = self.entries.len() as u64 + 1;
-        let user = username_of(sender).to_owned();
+        let user = username_of(sender);
         let meta = Meta {
             seq,
             time_ms: 1_700_000_000_000 + seq,
             sender_display: format!("{user} (display)"),
             sender: user,
-            kind: if text.is_some() { "notice".into() } else { String::new() },
+            kind: HistoryKind::Notice,
             text: text.map(str::to_owned),
             own_client_msg_id: client_msg_id,
         };
@@ -130,12 +130,12 @@ impl Log {
     }
 }
 
-fn texts(dev: &Dev) -> Vec<(String, String, String)> {
+fn texts(dev: &Dev) -> Vec<(HistoryKind, String, String)> {
     dev.e.history(ROOM, 0, 1000).unwrap().into_iter().map(|r| (r.kind, r.sender, r.text)).collect()
 }
 
-fn row(kind: &str, sender: &str, text: &str) -> (String, String, String) {
-    (kind.to_owned(), sender.to_owned(), text.to_owned())
+fn row(kind: HistoryKind, sender: &str, text: &str) -> (HistoryKind, String, String) {
+    (kind, sender.to_owned(), text.to_owned())
 }
 
 fn message(text: &str, from: &str) -> Applied {
@@ -202,10 +202,10 @@ fn create_add_join_and_talk_both_ways() {
     log.sync(&mut carol);
 
     let expected = [
-        row("message", "alice", "hello room"),
-        row("message", "bob", "hi alice"),
-        row("notice", "", "carol is online"),
-        row("message", "carol", "héllo ✓"),
+        row(HistoryKind::Message, "alice", "hello room"),
+        row(HistoryKind::Message, "bob", "hi alice"),
+        row(HistoryKind::Notice, "", "carol is online"),
+        row(HistoryKind::Message, "carol", "héllo ✓"),
     ];
     for d in [&alice, &bob, &carol] {
         assert_eq!(texts(d), expected, "{}", d.identity);
@@ -234,7 +234,7 @@ fn duplicate_seq_is_a_no_op() {
     assert_eq!(bob.e.apply(ROOM, &meta, item).unwrap(), Applied::Duplicate);
     let (meta, item) = log.item(1, &bob.identity);
     assert_eq!(bob.e.apply(ROOM, &meta, item).unwrap(), Applied::Duplicate);
-    assert_eq!(texts(&bob), [row("message", "alice", "once")]);
+    assert_eq!(texts(&bob), [row(HistoryKind::Message, "alice", "once")]);
     assert_eq!(bob.e.last_seq(ROOM).unwrap(), seq);
 }
 
@@ -249,7 +249,7 @@ fn own_message_shows_once_after_the_log_says_so() {
     log.sync(&mut alice);
     let (meta, item) = log.item(seq, &alice.identity);
     assert_eq!(alice.e.apply(ROOM, &meta, item).unwrap(), Applied::Duplicate);
-    assert_eq!(texts(&alice), [row("message", "alice", "mine")]);
+    assert_eq!(texts(&alice), [row(HistoryKind::Message, "alice", "mine")]);
     assert_eq!(alice.e.pending_outgoing(ROOM).unwrap(), [(41, "not acked yet".to_owned())]);
     // A Skip with neither a queued message nor a text writes nothing.
     let meta = Meta { seq: seq + 1, own_client_msg_id: Some(999), ..Meta::default() };
@@ -267,7 +267,7 @@ fn own_message_handed_as_ciphertext_uses_the_queued_text() {
     let seq = log.push("alice:1", Body::Message(ct.clone()), None, Some(5));
     let meta = Meta { own_client_msg_id: Some(5), ..log.entries[(seq - 1) as usize].meta.clone() };
     assert_eq!(alice.e.apply(ROOM, &meta, Item::Message(&ct)).unwrap(), message("echo", "alice:1"));
-    assert_eq!(texts(&alice), [row("message", "alice", "echo")]);
+    assert_eq!(texts(&alice), [row(HistoryKind::Message, "alice", "echo")]);
 }
 
 #[test]
@@ -294,7 +294,7 @@ fn removed_member_cannot_read_what_follows() {
     assert!(matches!(&applied[1], Applied::Undecryptable(_)), "{applied:?}");
     assert_eq!(bob.e.last_seq(ROOM).unwrap(), secret);
     let h = bob.e.history(ROOM, 0, 10).unwrap();
-    assert_eq!(h.last().unwrap().kind, "undecryptable");
+    assert_eq!(h.last().unwrap().kind, HistoryKind::Undecryptable);
     assert!(!h.iter().any(|r| r.text.contains("bob is gone")));
     assert!(matches!(bob.e.encrypt(ROOM, b"hello?"), Err(EngineError::Evicted(_))));
     assert!(matches!(bob.e.remove_leaves(ROOM, &[0]), Err(EngineError::Evicted(_))));
@@ -383,7 +383,7 @@ fn concurrent_commits_loser_discards_applies_winner_and_redoes() {
         let h = texts(d);
         assert_eq!(
             h[h.len() - 2..],
-            [row("message", "dave", "hi all"), row("message", "bob", "welcome dave")]
+            [row(HistoryKind::Message, "dave", "hi all"), row(HistoryKind::Message, "bob", "welcome dave")]
         );
     }
 }
@@ -442,10 +442,10 @@ fn reopened_engine_continues_with_its_keys_and_groups() {
     log.sync(&mut bob);
     assert_eq!(alice.e.epoch(ROOM).unwrap(), 2);
     let expected = [
-        row("message", "alice", "before restart"),
-        row("message", "alice", "after restart"),
-        row("message", "bob", "bob too"),
-        row("message", "bob", "new epoch"),
+        row(HistoryKind::Message, "alice", "before restart"),
+        row(HistoryKind::Message, "alice", "after restart"),
+        row(HistoryKind::Message, "bob", "bob too"),
+        row(HistoryKind::Message, "bob", "new epoch"),
     ];
     assert_eq!(texts(&alice)[..], expected);
     assert_eq!(texts(&bob)[..], expected);
@@ -533,8 +533,8 @@ fn undecryptable_entries_do_not_disturb_the_group() {
     log.send(&mut alice, 1, "still fine");
     let applied = log.sync(&mut bob);
     assert_eq!(applied.last().unwrap(), &message("still fine", "alice:1"));
-    let kinds: Vec<String> = bob.e.history(ROOM, 0, 10).unwrap().into_iter().map(|r| r.kind).collect();
-    assert_eq!(kinds, ["undecryptable", "undecryptable", "message"]);
+    let kinds: Vec<HistoryKind> = bob.e.history(ROOM, 0, 10).unwrap().into_iter().map(|r| r.kind).collect();
+    assert_eq!(kinds, [HistoryKind::Undecryptable, HistoryKind::Undecryptable, HistoryKind::Message]);
 }
 
 impl Log {
@@ -671,8 +671,9 @@ fn batch_records_undecryptable_entries_and_goes_on() {
     assert!(matches!(applied[1], Applied::Undecryptable(_)), "{:?}", applied[1]);
     assert!(matches!(applied[2], Applied::Undecryptable(_)), "{:?}", applied[2]);
     assert_eq!(applied[3], message("still readable", "alice:1"));
-    let kinds: Vec<String> = texts(&bob).into_iter().map(|r| r.0).collect();
-    assert_eq!(kinds, ["message", "undecryptable", "undecryptable", "message"]);
+    let kinds: Vec<HistoryKind> = texts(&bob).into_iter().map(|r| r.0).collect();
+    use HistoryKind::{Message, Undecryptable};
+    assert_eq!(kinds, [Message, Undecryptable, Undecryptable, Message]);
     assert_eq!(bob.e.last_seq(ROOM).unwrap(), junk + 2);
 }
 
@@ -791,10 +792,14 @@ fn second_device_joins_by_external_commit_and_talks() {
     log.send(&mut bob, 2, "hi phone");
     assert_eq!(log.sync(&mut alice2), [Applied::Skipped, message("hi phone", "bob:1")]);
     assert_eq!(log.sync(&mut bob), [message("hello from my phone", "alice:2"), Applied::Skipped]);
-    let joined = row("notice", "alice", "alice joined from a new device");
+    let joined = row(HistoryKind::Notice, "alice", "alice joined from a new device");
     assert_eq!(
         texts(&alice2),
-        [joined.clone(), row("message", "alice", "hello from my phone"), row("message", "bob", "hi phone")]
+        [
+            joined.clone(),
+            row(HistoryKind::Message, "alice", "hello from my phone"),
+            row(HistoryKind::Message, "bob", "hi phone")
+        ]
     );
     assert!(texts(&bob).contains(&joined));
     // The new GroupInfo (from the joiner) lets a third device join in turn.
@@ -894,10 +899,69 @@ fn files_are_private_and_bound_to_their_device() {
     assert!(matches!(e, EngineError::Invalid(_)), "{e}");
     let e = Engine::open(&path, &other.seed(), &other.public(), "alice").unwrap_err();
     assert!(matches!(e, EngineError::Invalid(_)), "{e}");
+    // The client and the server parse identities alike (MemberIdentity): a
+    // username with a colon, capitals, or a device number with a leading zero
+    // is refused here too, before anything is stored.
+    for bad in ["a:b:1", "Alice:1", "alice:01", "alice:99999999999"] {
+        let e = Engine::open(&path, &other.seed(), &other.public(), bad).unwrap_err();
+        assert!(matches!(e, EngineError::Invalid(_)) && e.to_string().contains(bad), "{bad}: {e}");
+    }
 }
 
 #[test]
 fn engine_is_send() {
     fn send<T: Send>() {}
     send::<Engine>();
+}
+
+#[test]
+fn history_kinds_keep_their_stored_text_and_old_profiles_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let alice = Dev::new(dir.path(), "alice:1");
+    // Rows as every earlier version wrote them: the kind is plain text.
+    let stored = ["message", "undecryptable", "notice", "join", "remove", "leave", "role", "commit"];
+    for (seq, kind) in (1..).zip(stored) {
+        alice
+            .e
+            .conn
+            .execute(
+                "INSERT INTO history (room, seq, time_ms, sender, sender_display, kind, text)
+                 VALUES (?1, ?2, 0, 'bob', 'Bob', ?3, 'x')",
+                params![ROOM, seq, kind],
+            )
+            .unwrap();
+    }
+    let alice = alice.reopen();
+    let kinds: Vec<HistoryKind> =
+        alice.e.history(ROOM, 0, 100).unwrap().into_iter().map(|r| r.kind).collect();
+    assert_eq!(kinds, HistoryKind::ALL);
+
+    // What this version writes is the same text, and `tail --json` shows it.
+    let row = store::NewRow {
+        seq: 100,
+        time_ms: 0,
+        sender: "bob",
+        sender_display: "Bob",
+        kind: HistoryKind::Undecryptable,
+        text: "why",
+    };
+    store::put_history(&alice.e.conn, ROOM, &row).unwrap();
+    let text: String =
+        alice.e.conn.query_row("SELECT kind FROM history WHERE seq = 100", [], |r| r.get(0)).unwrap();
+    assert_eq!(text, "undecryptable");
+    let json = serde_json::to_value(&alice.e.history(ROOM, 99, 1).unwrap()[0]).unwrap();
+    assert_eq!(json["kind"], "undecryptable");
+
+    // A kind this version does not know is an error that names it.
+    alice
+        .e
+        .conn
+        .execute(
+            "INSERT INTO history (room, seq, time_ms, sender, sender_display, kind, text)
+             VALUES (?1, 200, 0, 'bob', 'Bob', 'poll', 'x')",
+            params![ROOM],
+        )
+        .unwrap();
+    let e = alice.e.history(ROOM, 199, 1).unwrap_err();
+    assert!(e.to_string().contains("\"poll\""), "{e}");
 }

@@ -9,8 +9,8 @@ use openmls_basic_credential::SignatureKeyPair;
 use openmls_rust_crypto::OpenMlsRustCrypto;
 
 use super::{
-    check_key_package, guarded, split_identity, welcome_recipients, CheckedCommit, CommitSender, LeafInfo,
-    MlsCheckError, ProposalKind, ProposalType, RoomGroup, CIPHERSUITE,
+    check_key_package, guarded, welcome_recipients, CheckedCommit, CommitSender, LeafInfo, MlsCheckError,
+    ProposalKind, ProposalType, RoomGroup, CIPHERSUITE,
 };
 
 const GROUP_ID: &[u8] = b"room-0123456789a";
@@ -806,16 +806,6 @@ fn a_snapshot_survives_an_expired_leaf() {
     // The room keeps working: the stale leaf is not re-checked.
     let commit = alice.self_update(&mut group);
     server.check_commit(&commit).unwrap();
-}
-
-#[test]
-fn identities_split_into_user_and_device() {
-    assert_eq!(split_identity("alice:1"), Some(("alice", 1)));
-    assert_eq!(split_identity("a.b-c_d:4294967295"), Some(("a.b-c_d", u32::MAX)));
-    for bad in ["alice", "alice:", ":1", "alice:01", "alice:+1", "alice:-1", "a:b:1", "alice:4294967296", ""]
-    {
-        assert_eq!(split_identity(bad), None, "{bad}");
-    }
 }
 
 #[test]

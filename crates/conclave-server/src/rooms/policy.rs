@@ -11,11 +11,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use conclave_proto::{ErrorBody, ErrorCode, Role, Username, MAX_MESSAGE_BYTES};
+use conclave_proto::{ErrorBody, ErrorCode, MemberIdentity, Role, Username, MAX_MESSAGE_BYTES};
 
-use crate::mls::{
-    split_identity, AddedMember, CheckedCommit, CommitSender, LeafInfo, MlsCheckError, ProposalType,
-};
+use crate::mls::{AddedMember, CheckedCommit, CommitSender, LeafInfo, MlsCheckError, ProposalType};
 use crate::store::{DeviceAccount, DeviceNo, RoomId, RoomMember, UserId, WriteOp};
 
 /// Why a room refused a request. Each message says what was wrong and, where
@@ -269,9 +267,12 @@ where
     // Removes: map leaves to users.
     let mut left: Vec<(UserId, Username)> = Vec::new();
     for leaf in commit.removes {
-        let (name, _) = split_identity(&leaf.identity)
-            .ok_or_else(|| bad(format!("a removed leaf has an unknown identity {}", leaf.identity)))?;
-        match room.members.values().find(|m| m.username.as_str() == name) {
+        let name = leaf
+            .identity
+            .parse::<MemberIdentity>()
+            .map_err(|e| bad(format!("a removed leaf has an unknown identity: {e}")))?
+            .username;
+        match room.members.values().find(|m| m.username == name) {
             // Leaves of users who already left (or were removed) may be
             // cleaned up by any member; a user may drop their own devices.
             None => {}
@@ -297,7 +298,7 @@ where
     left.retain(|(_, name)| {
         !room.leaves.iter().any(|l| {
             !removed_leaves.contains(&l.leaf)
-                && split_identity(&l.identity).is_some_and(|(n, _)| n == name.as_str())
+                && l.identity.parse::<MemberIdentity>().is_ok_and(|id| id.username == *name)
         })
     });
 

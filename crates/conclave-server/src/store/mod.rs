@@ -8,7 +8,7 @@
 
 pub mod sqlite;
 
-use conclave_proto::{DisplayName, Role, Username};
+use conclave_proto::{DisplayName, MemberIdentity, Role, Username};
 
 /// A user's row id. Stable for the life of the account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -46,7 +46,7 @@ pub struct DeviceAccount {
 impl DeviceAccount {
     /// The device's MLS credential identity, `username:device`.
     pub fn identity(&self) -> String {
-        format!("{}:{}", self.username, self.device.0)
+        MemberIdentity::new(self.username.clone(), self.device.0).to_string()
     }
 }
 

@@ -4,8 +4,10 @@
 //! the client's MLS engine, uploaded to a real server over TLS.
 
 use conclave_client::engine::Engine;
-use conclave_client::{Chat, ClientError, Connection, DeviceKey};
-use conclave_proto::{AccountInfo, ErrorCode, Password, Request, Response};
+use conclave_client::{Chat, ClientError, Connection, DeviceKey, HistoryKind};
+use conclave_proto::{
+    validate_username, AccountInfo, ErrorCode, MemberIdentity, Password, Request, Response,
+};
 
 use super::{spawn_server, TestServer};
 
@@ -24,7 +26,8 @@ async fn device(s: &TestServer, name: &str) -> Device {
     let conn = s.connect().await;
     let info = conn.register(&key, name, Password::new("correct horse battery"), None, None).await.unwrap();
     let profile = tempfile::tempdir().unwrap();
-    let identity = format!("{}:{}", info.username, info.device_id);
+    let identity =
+        MemberIdentity::new(validate_username(&info.username).unwrap(), info.device_id).to_string();
     let engine = engine(&profile.path().join("mls.db"), &key, &identity);
     Device { key, conn, info, engine: Some(engine), profile }
 }
@@ -184,6 +187,6 @@ async fn a_key_package_is_stored_once_and_handed_out_once() {
     alice.send("lab", "welcome, bob").await.unwrap();
     bob.sync_room("lab").await.unwrap();
     let rows = bob.history("lab", 0, 100).unwrap();
-    assert!(rows.iter().any(|r| r.kind == "message" && r.text == "welcome, bob"), "{rows:?}");
+    assert!(rows.iter().any(|r| r.kind == HistoryKind::Message && r.text == "welcome, bob"), "{rows:?}");
     s.stop().await;
 }

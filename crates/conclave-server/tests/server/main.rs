@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use conclave_client::{connect_tls, Chat, ClientError, Connection, DeviceKey, ServerAddr};
+use conclave_client::{connect_tls, Chat, ClientError, Connection, DeviceKey, HistoryKind, ServerAddr};
 use conclave_proto::{
     decode, encode_to_bytes, ClientFrame, ClientHello, ErrorCode, Password, ServerFrame, PROTOCOL_VERSION,
 };
@@ -123,7 +123,7 @@ impl User {
     }
 
     /// (kind, sender, text) of the room's local history.
-    async fn history(&mut self, room: &str) -> Vec<(String, String, String)> {
+    async fn history(&mut self, room: &str) -> Vec<(HistoryKind, String, String)> {
         self.chat.sync_room(room).await.unwrap();
         self.chat.history(room, 0, 10_000).unwrap().into_iter().map(|r| (r.kind, r.sender, r.text)).collect()
     }
@@ -132,7 +132,7 @@ impl User {
         self.history(room)
             .await
             .into_iter()
-            .filter(|(k, _, _)| k == "message")
+            .filter(|(k, _, _)| *k == HistoryKind::Message)
             .map(|(_, s, t)| format!("{s}: {t}"))
             .collect()
     }

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use conclave_client::{Chat, ClientError, DeviceKey, Update};
+use conclave_client::{Chat, ClientError, DeviceKey, HistoryKind, Update};
 use conclave_proto::{EntryBody, ErrorCode, Password, Request, Response, Role};
 
 use super::{in_room, spawn_server, spawn_server_in, user, users, TestServer, User};
@@ -22,8 +22,13 @@ async fn three_users_create_add_exchange_and_remove() {
     for u in [&mut alice, &mut bob, &mut carol] {
         assert_eq!(u.messages("lab").await, ["alice: the build is green", "bob: nice 🎉"], "{}", u.name);
     }
-    let notices: Vec<String> =
-        carol.history("lab").await.into_iter().filter(|(k, ..)| k != "message").map(|(_, _, t)| t).collect();
+    let notices: Vec<String> = carol
+        .history("lab")
+        .await
+        .into_iter()
+        .filter(|(k, ..)| *k != HistoryKind::Message)
+        .map(|(_, _, t)| t)
+        .collect();
     assert!(notices.iter().any(|t| t == "bob, carol joined #lab"), "{notices:?}");
 
     let members = alice.chat.members("lab").await.unwrap();
@@ -212,7 +217,7 @@ async fn leaving_works_without_an_admin_and_cuts_delivery() {
     // Bob, a plain member, speaks next: his client first commits the removal
     // of carol's devices from the group.
     bob.chat.send("lab", "carol is gone").await.unwrap();
-    assert!(alice.history("lab").await.iter().any(|(k, _, t)| k == "leave" && t == "carol left"));
+    assert!(alice.history("lab").await.iter().any(|(k, _, t)| *k == HistoryKind::Leave && t == "carol left"));
     assert_eq!(alice.messages("lab").await, ["bob: carol is gone"]);
     let e = carol.chat.sync_room("lab").await.unwrap_err();
     assert_eq!(e.to_string(), "not a member of #lab");
@@ -239,7 +244,7 @@ async fn a_new_device_joins_its_users_rooms_by_itself() {
     bob.chat.send("lab", "hello both alices").await.unwrap();
     laptop.sync_room("lab").await.unwrap();
     let rows = laptop.history("lab", 0, 100).unwrap();
-    assert!(rows.iter().any(|r| r.kind == "message" && r.text == "hello both alices"), "{rows:?}");
+    assert!(rows.iter().any(|r| r.kind == HistoryKind::Message && r.text == "hello both alices"), "{rows:?}");
     laptop.send("lab", "from the laptop").await.unwrap();
     assert_eq!(bob.messages("lab").await, ["bob: hello both alices", "alice: from the laptop"]);
     assert_eq!(alice.messages("lab").await, ["bob: hello both alices", "alice: from the laptop"]);
@@ -261,7 +266,7 @@ async fn live_events_reach_subscribers_in_order() {
             tokio::time::timeout(std::time::Duration::from_secs(30), events.recv()).await.unwrap().unwrap();
         for update in bob.chat.handle_event(event).await.unwrap() {
             if let Update::Row(row) = update {
-                if row.kind == "message" {
+                if row.kind == HistoryKind::Message {
                     seen.push(row.text);
                 }
             }
@@ -622,7 +627,10 @@ async fn live(
             .unwrap_or_else(|_| panic!("{text:?} never arrived live"))
             .expect("the connection stays open");
         let updates = u.chat.handle_event(event).await.unwrap();
-        if updates.iter().any(|x| matches!(x, Update::Row(r) if r.kind == "message" && r.text == text)) {
+        if updates
+            .iter()
+            .any(|x| matches!(x, Update::Row(r) if r.kind == HistoryKind::Message && r.text == text))
+        {
             return;
         }
     }

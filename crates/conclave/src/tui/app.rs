@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use conclave_client::HistoryRow;
+use conclave_client::{HistoryKind, HistoryRow};
 use conclave_proto::{AccountInfo, MemberInfo, Role, RoomSummary};
 use crossterm::event::{Event as TermEvent, KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEventKind};
 
@@ -622,7 +622,7 @@ impl App {
                 continue;
             }
             view.last_seq = row.seq;
-            let from_other = row.kind == "message" && row.sender != username;
+            let from_other = row.kind == HistoryKind::Message && row.sender != username;
             if live && from_other {
                 if !is_current {
                     view.unread += 1;
@@ -653,7 +653,7 @@ mod tests {
             time_ms: 1_700_000_000_000 + seq * 1000,
             sender: sender.into(),
             sender_display: sender.into(),
-            kind: "message".into(),
+            kind: HistoryKind::Message,
             text: text.into(),
         }
     }

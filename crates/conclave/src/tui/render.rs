@@ -6,7 +6,7 @@
 //! with `unicode-width` consistently with the input line.
 
 use chrono::TimeZone;
-use conclave_client::{RoomNames, ShownName};
+use conclave_client::{HistoryKind, RoomNames, ShownName};
 use conclave_proto::AccountInfo;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
@@ -180,14 +180,14 @@ pub fn conversation_lines(room: &RoomView, me: &AccountInfo, width: usize) -> Ve
     let mut lines = Vec::new();
     for entry in &room.entries {
         match entry {
-            Entry::Row(row) if row.kind == "message" => {
+            Entry::Row(row) if row.kind == HistoryKind::Message => {
                 let name = sender_spans(
                     names.show(&row.sender, &row.sender_display),
                     Style::default().fg(name_colour(&row.sender)),
                 );
                 lines.extend(entry_lines(row.time_ms, name, &row.text, Style::default(), width));
             }
-            Entry::Row(row) if row.kind == "undecryptable" => {
+            Entry::Row(row) if row.kind == HistoryKind::Undecryptable => {
                 let text = format!("cannot decrypt a message from {}: {}", row.sender, row.text);
                 let style = Style::default().fg(Color::Red);
                 lines.extend(entry_lines(row.time_ms, vec![Span::styled("! ", style)], &text, style, width));
@@ -431,14 +431,14 @@ mod tests {
         assert!(distinct.len() >= 3, "{distinct:?}");
     }
 
-    fn row(seq: u64, sender: &str, kind: &str, text: &str) -> HistoryRow {
+    fn row(seq: u64, sender: &str, kind: HistoryKind, text: &str) -> HistoryRow {
         HistoryRow {
             room: "lab".into(),
             seq,
             time_ms: 1_700_000_000_000 + seq * 1000,
             sender: sender.into(),
             sender_display: sender.into(),
-            kind: kind.into(),
+            kind,
             text: text.into(),
         }
     }
@@ -473,12 +473,12 @@ mod tests {
             requested: false,
         });
         let rows = vec![
-            row(2, "", "join", "bob joined #lab"),
-            row(3, "bob", "message", "こんにちは 🎉 wide"),
-            row(4, "alice", "message", &"long line ".repeat(12)),
+            row(2, "", HistoryKind::Join, "bob joined #lab"),
+            row(3, "bob", HistoryKind::Message, "こんにちは 🎉 wide"),
+            row(4, "alice", HistoryKind::Message, &"long line ".repeat(12)),
         ];
         app.on_worker(Event::Rows { room: "lab".into(), rows, live: false });
-        let other = HistoryRow { room: "random".into(), ..row(2, "bob", "message", "psst") };
+        let other = HistoryRow { room: "random".into(), ..row(2, "bob", HistoryKind::Message, "psst") };
         app.on_worker(Event::Rows { room: "random".into(), rows: vec![other], live: true });
         app.on_worker(Event::Failed("cannot add to #lab: no such user zed".into()));
         app
@@ -600,7 +600,7 @@ mod tests {
     fn scrollback_and_reconnecting_status() {
         let mut app = sample_app();
         let rows: Vec<HistoryRow> =
-            (10..80).map(|i| row(i, "bob", "message", &format!("message number {i}"))).collect();
+            (10..80).map(|i| row(i, "bob", HistoryKind::Message, &format!("message number {i}"))).collect();
         app.on_worker(Event::Rows { room: "lab".into(), rows, live: false });
         let s = screen(&mut app, 80, 24);
         assert!(s.iter().any(|l| l.contains("message number 79")));
@@ -689,7 +689,7 @@ mod tests {
         app.on_worker(Event::Members { room: "lab".into(), members, requested: false });
         let said = |seq, user: &str, display: &str| HistoryRow {
             sender_display: display.into(),
-            ..row(seq, user, "message", &format!("from {user}"))
+            ..row(seq, user, HistoryKind::Message, &format!("from {user}"))
         };
         let rows = vec![
             said(2, "alice", "Sam"),
@@ -711,7 +711,7 @@ mod tests {
         // A long display name is cut, never the username.
         let long = HistoryRow {
             sender_display: "Bartholomew the Magnificent".into(),
-            ..row(6, "bob", "message", "hi")
+            ..row(6, "bob", HistoryKind::Message, "hi")
         };
         app.on_worker(Event::Rows { room: "lab".into(), rows: vec![long], live: true });
         let s = screen(&mut app, 120, 40).join("\n");
