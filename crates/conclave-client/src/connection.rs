@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use conclave_proto::{
-    auth_message, decode, encode_to_bytes, AccountInfo, Authenticate, ClientFrame, ClientHello, ErrorBody,
-    Event, Login, Password, Register, Request, RequestId, Response, ServerFrame, CLIENT_MAX_FRAME_LEN,
-    EXPORTER_LABEL, EXPORTER_LEN, NONCE_LEN, PROTOCOL_VERSION,
+    auth_message, clean_display_name, decode, encode_to_bytes, validate_username, AccountInfo, Authenticate,
+    ClientFrame, ClientHello, ErrorBody, Event, Login, Password, Register, Request, RequestId, Response,
+    ServerFrame, CLIENT_MAX_FRAME_LEN, EXPORTER_LABEL, EXPORTER_LEN, NONCE_LEN, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
@@ -327,11 +327,30 @@ impl Answer {
     }
 }
 
+/// The server's word on who this device is, checked once for every front
+/// end: a username that breaks the rules is a protocol error (it would name
+/// someone else, or print as terminal control codes), and the display name is
+/// cleaned as every other name shown (U+FFFD for what may not be shown; the
+/// username when nothing visible is left).
 fn authenticated(response: Response) -> Result<AccountInfo, ClientError> {
-    match response {
-        Response::Authenticated(info) => Ok(info),
-        other => Err(unexpected(other)),
+    let mut info = match response {
+        Response::Authenticated(info) => info,
+        other => return Err(unexpected(other)),
+    };
+    match validate_username(&info.username) {
+        Ok(name) if name.as_str() == info.username => {}
+        _ => {
+            return Err(ClientError::Protocol(format!(
+                "the server named this account {:?}, which is not a valid lowercase username",
+                info.username
+            )))
+        }
     }
+    info.display_name = clean_display_name(&info.display_name);
+    if info.display_name.is_empty() {
+        info.display_name = info.username.clone();
+    }
+    Ok(info)
 }
 
 fn unexpected(response: Response) -> ClientError {
@@ -437,5 +456,24 @@ mod tests {
         // Other failures keep their own words.
         let other = std::io::Error::new(std::io::ErrorKind::InvalidData, "bad certificate");
         assert_eq!(explain_handshake_failure(other).to_string(), "bad certificate");
+    }
+
+    #[test]
+    fn the_servers_word_on_who_we_are_is_checked_and_cleaned() {
+        let said = |username: &str, display_name: &str| {
+            authenticated(Response::Authenticated(AccountInfo {
+                username: username.into(),
+                display_name: display_name.into(),
+                device_id: 1,
+            }))
+        };
+        let info = said("alice", "Alice\u{202E}\x1b[2J").unwrap();
+        assert_eq!(info.display_name, "Alice\u{FFFD}\u{FFFD}[2J", "no reordering, no terminal codes");
+        assert_eq!(said("alice", "\u{200B}").unwrap().display_name, "alice", "nothing visible: the username");
+        assert_eq!(said("bob", "Bob").unwrap().display_name, "Bob");
+        for bad in ["Alice", "al ice", "\x1b[31mroot", ""] {
+            let e = said(bad, "x").unwrap_err().to_string();
+            assert!(e.contains("not a valid lowercase username"), "{bad:?}: {e}");
+        }
     }
 }
