@@ -11,7 +11,7 @@ use bytes::{Buf, BytesMut};
 use conclave_client::{connect_tls, engine::Engine, ClientStream};
 use conclave_proto::{
     auth_message, decode, encode_to_bytes, validate_username, Authenticate, ClientFrame, ClientHello,
-    MemberIdentity, Request, RequestId, Response, ServerFrame, CLIENT_MAX_FRAME_LEN, EXPORTER_LABEL,
+    MemberIdentity, Request, RequestId, Response, Seq, ServerFrame, CLIENT_MAX_FRAME_LEN, EXPORTER_LABEL,
     EXPORTER_LEN, PROTOCOL_VERSION,
 };
 use std::time::Instant;
@@ -36,7 +36,7 @@ pub enum Seen<'a> {
     /// A message entry.
     Message {
         /// Its sequence number.
-        seq: u64,
+        seq: Seq,
         /// Its sender's username.
         sender: &'a str,
         /// The sender's id for it.
@@ -189,7 +189,7 @@ pub fn parse(payload: &[u8]) -> Option<Seen<'_>> {
         return Some(Seen::Other);
     }
     let _room = r.bytes()?;
-    let seq = r.varint()?;
+    let seq = Seq::new(r.varint()?);
     let _time_ms = r.varint()?;
     let sender = std::str::from_utf8(r.bytes()?).ok()?;
     let _device = r.varint()?;
@@ -251,7 +251,7 @@ mod tests {
             let frame = ServerFrame::Event(Event::Entry {
                 room: "bench".into(),
                 entry: LogEntry {
-                    seq,
+                    seq: Seq::new(seq),
                     time_ms: 1_795_580_000_000,
                     sender: "f12".into(),
                     sender_device: 3,
@@ -261,7 +261,12 @@ mod tests {
             let bytes = payload(&frame);
             assert_eq!(
                 parse(&bytes),
-                Some(Seen::Message { seq, sender: "f12", client_msg_id: id, ciphertext: &vec![7; size][..] })
+                Some(Seen::Message {
+                    seq: Seq::new(seq),
+                    sender: "f12",
+                    client_msg_id: id,
+                    ciphertext: &vec![7; size][..]
+                })
             );
         }
     }
@@ -271,7 +276,7 @@ mod tests {
         let notice = ServerFrame::Event(Event::Entry {
             room: "bench".into(),
             entry: LogEntry {
-                seq: 5,
+                seq: Seq::new(5),
                 time_ms: 0,
                 sender: "a".into(),
                 sender_device: 1,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use conclave_client::{Chat, DeviceKey};
-use conclave_proto::{Request, Response};
+use conclave_proto::{Request, Response, Seq};
 
 use crate::client::{connect, register_all};
 use crate::lean::Lean;
@@ -91,7 +91,7 @@ pub async fn run(target: Arc<Target>, accounts: Arc<Vec<Account>>, dir: &Path, w
     for _ in 0..wave.connections {
         leans.push(Lean::connect(&target, owner).await?);
     }
-    let sync = || Request::Sync { room: room.clone(), after_seq: 0, limit: 1000 };
+    let sync = || Request::Sync { room: room.clone(), after_seq: Seq::ZERO, limit: 1000 };
     let mut first = None;
     let start = Instant::now();
     for lean in leans.iter_mut() {

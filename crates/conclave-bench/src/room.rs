@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{ensure, Context, Result};
 use conclave_client::Chat;
-use conclave_proto::{Event, Request};
+use conclave_proto::{Event, Request, Seq};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::client::connect_all;
@@ -33,7 +33,7 @@ pub struct Room {
     /// Every member's username, by member index.
     pub usernames: Vec<String>,
     /// The room's last sequence number after setup.
-    pub head_seq: u64,
+    pub head_seq: Seq,
 }
 
 /// Sets up room `name` with the accounts in `range`; the first `full` of
@@ -76,7 +76,7 @@ pub async fn setup(
     for chat in chats.iter_mut().skip(1) {
         chat.catch_up().await.context("joining from the Welcome")?;
     }
-    let mut head_seq = 0;
+    let mut head_seq = Seq::ZERO;
     for chat in &chats {
         for room in chat.subscribe().await? {
             if room.name == name {

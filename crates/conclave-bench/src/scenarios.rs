@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use conclave_client::engine::{Applied, Engine, HistoryKind, Item, Meta};
 use conclave_client::{connect_tls, DeviceKey};
-use conclave_proto::Password;
+use conclave_proto::{Password, Seq};
 use serde_json::json;
 
 use crate::client::connect_all;
@@ -487,8 +487,11 @@ async fn catchup(cli: &Cli, messages: usize, size: usize, repeat: usize) -> Resu
         for (k, r) in rows.iter().enumerate() {
             ensure!(r.text == traffic::plaintext(0, k, size), "catch-up {run}: message {k} is wrong");
         }
-        let stored =
-            chat.history(&name, 0, messages + 10)?.iter().filter(|r| r.kind == HistoryKind::Message).count();
+        let stored = chat
+            .history(&name, Seq::ZERO, messages + 10)?
+            .iter()
+            .filter(|r| r.kind == HistoryKind::Message)
+            .count();
         ensure!(stored == messages, "catch-up {run}: {stored} of {messages} messages in the history");
         connect_ms.push(connected.as_secs_f64() * 1000.0);
         catchup_ms.push(took.as_secs_f64() * 1000.0);
@@ -578,7 +581,7 @@ fn mls(members: usize, repeat: usize) -> Result<Report> {
     let add_all = t.elapsed();
     let welcome = out.welcome.context("no Welcome")?;
     let t = Instant::now();
-    second.join_from_welcome(room, &welcome, 1)?;
+    second.join_from_welcome(room, &welcome, Seq::FIRST)?;
     let join_all = t.elapsed();
 
     let mut add_one = Vec::new();
@@ -586,7 +589,7 @@ fn mls(members: usize, repeat: usize) -> Result<Report> {
     let mut join = Vec::new();
     let mut encrypt = Vec::new();
     let mut decrypt = Vec::new();
-    let mut seq = 1u64;
+    let mut seq = Seq::FIRST;
     for r in 0..repeat {
         let mut newcomer = make(2_000_000 + r)?;
         let kp = newcomer.new_key_packages(1)?;
@@ -594,7 +597,7 @@ fn mls(members: usize, repeat: usize) -> Result<Report> {
         let out = creator.add_members(room, &kp)?;
         creator.merge_pending(room)?;
         add_one.push(t.elapsed().as_nanos() as u64);
-        seq += 1;
+        seq = seq.next();
         let meta = Meta { seq, kind: HistoryKind::Notice, ..Meta::default() };
         let t = Instant::now();
         second.apply(room, &meta, Item::Commit(&out.commit))?;
@@ -605,7 +608,7 @@ fn mls(members: usize, repeat: usize) -> Result<Report> {
         let t = Instant::now();
         let ct = creator.encrypt(room, &[b'x'; 200])?;
         encrypt.push(t.elapsed().as_nanos() as u64);
-        seq += 1;
+        seq = seq.next();
         let meta = Meta { seq, sender: "m0".into(), kind: HistoryKind::Message, ..Meta::default() };
         let t = Instant::now();
         let applied = second.apply(room, &meta, Item::Message(&ct))?;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use conclave_client::engine::{Applied, HistoryKind, Item, Meta};
 use conclave_client::Chat;
-use conclave_proto::{EntryBody, Event, Request, Response};
+use conclave_proto::{EntryBody, Event, Request, Response, Seq};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -107,7 +107,7 @@ struct MemberStats {
     lost: u64,
     out_of_order: u64,
     samples: Vec<(u64, u64)>,
-    kept: Vec<(u64, u64, String, Vec<u8>)>,
+    kept: Vec<(Seq, u64, String, Vec<u8>)>,
     disconnected: bool,
 }
 
@@ -161,7 +161,7 @@ struct Counter {
     shared: Arc<Shared>,
     senders: Arc<Senders>,
     next_k: Vec<usize>,
-    last_seq: u64,
+    last_seq: Seq,
     keep: bool,
     st: MemberStats,
 }
@@ -172,7 +172,7 @@ impl Counter {
         me: &str,
         shared: Arc<Shared>,
         senders: Arc<Senders>,
-        head_seq: u64,
+        head_seq: Seq,
         keep: bool,
         samples: Vec<(u64, u64)>,
     ) -> Self {
@@ -186,7 +186,7 @@ impl Counter {
     fn message(
         &mut self,
         now: u64,
-        seq: u64,
+        seq: Seq,
         time_ms: u64,
         sender: &str,
         client_msg_id: u64,

@@ -12,7 +12,7 @@ use std::path::Path;
 
 use conclave_proto::{
     validate_room_name, validate_username, AccountInfo, ClaimedKeyPackage, EntryBody, ErrorCode, Event,
-    LogEntry, MemberIdentity, MemberInfo, Request, Response, Role, RoomSummary, MAX_MESSAGE_BYTES,
+    LogEntry, MemberIdentity, MemberInfo, Request, Response, Role, RoomSummary, Seq, MAX_MESSAGE_BYTES,
 };
 
 use crate::engine::{username_of, Applied, Engine, EngineError, HistoryKind, HistoryRow, Item, Meta};
@@ -142,7 +142,7 @@ impl Chat {
     }
 
     /// Local history of a room after `after_seq`.
-    pub fn history(&self, room: &str, after_seq: u64, limit: usize) -> Result<Vec<HistoryRow>, ClientError> {
+    pub fn history(&self, room: &str, after_seq: Seq, limit: usize) -> Result<Vec<HistoryRow>, ClientError> {
         self.engine.history(&room_name(room)?, after_seq, limit).map_err(mls)
     }
 
@@ -169,7 +169,7 @@ impl Chat {
 
     /// Creates a room owned by this user.
     pub async fn create_room(&mut self, raw: &str) -> Result<RoomSummary, ClientError> {
-        let name = room_name(raw)?;
+        let name = conclave_proto::validate_new_room_name(raw).map_err(ClientError::Invalid)?;
         let mut group_id = vec![0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut group_id);
         if self.engine.has_group(&name) {
@@ -178,7 +178,7 @@ impl Chat {
         let group_info = self.engine.create_group(&name, &group_id).map_err(mls)?;
         match self.conn.request(Request::CreateRoom { name: name.clone(), group_id, group_info }).await {
             Ok(Response::Room(summary)) => {
-                self.engine.set_last_seq(&name, 1).map_err(mls)?;
+                self.engine.set_last_seq(&name, Seq::FIRST).map_err(mls)?;
                 Ok(summary)
             }
             Ok(other) => Err(unexpected(other)),
@@ -222,7 +222,7 @@ impl Chat {
                 for w in list {
                     if !self.engine.has_group(&w.room) {
                         if let Err(e) =
-                            self.engine.join_from_welcome(&w.room, &w.welcome, w.joined_seq.saturating_sub(1))
+                            self.engine.join_from_welcome(&w.room, &w.welcome, w.joined_seq.prev())
                         {
                             tracing::warn!(room = %w.room, error = %e, "cannot join from Welcome; will join by external commit");
                         }
@@ -323,7 +323,7 @@ impl Chat {
     }
 
     /// Asks for the page of `room`'s log after `after_seq`, without waiting.
-    async fn start_sync(&self, room: &str, after_seq: u64) -> Result<crate::connection::Answer, ClientError> {
+    async fn start_sync(&self, room: &str, after_seq: Seq) -> Result<crate::connection::Answer, ClientError> {
         self.conn.start_request(Request::Sync { room: room.to_owned(), after_seq, limit: SYNC_PAGE }).await
     }
 
@@ -356,9 +356,9 @@ impl Chat {
         };
         let last = removed_at.map_or_else(|| self.engine.last_seq(room).map_err(mls), Ok)?;
         if last > before {
-            let shown = usize::try_from(last - before).unwrap_or(usize::MAX).min(entries.len());
+            let shown = usize::try_from(last.since(before)).unwrap_or(usize::MAX).min(entries.len());
             let rows = self.engine.history(room, before, shown).map_err(mls)?;
-            let wanted = |seq: u64| seq <= last && Some(seq) != removed_at;
+            let wanted = |seq: Seq| seq <= last && Some(seq) != removed_at;
             updates.extend(rows.into_iter().filter(|r| wanted(r.seq)).map(Update::Row));
         }
         if removed_at.is_some() {
@@ -444,7 +444,7 @@ impl Chat {
                 // Our group state cannot follow this commit: rejoin the
                 // room's current epoch by external commit (which replaces
                 // the old state and keeps queued messages).
-                tracing::warn!(%room, seq = entry.seq, error = %e, "cannot process a commit; rejoining");
+                tracing::warn!(%room, seq = %entry.seq, error = %e, "cannot process a commit; rejoining");
                 self.join_external(room).await?;
                 return Ok(false);
             }
@@ -458,7 +458,7 @@ impl Chat {
         if !matches!(applied, Applied::Duplicate) {
             if let Some(row) = self
                 .engine
-                .history(room, entry.seq - 1, 1)
+                .history(room, entry.seq.prev(), 1)
                 .map_err(mls)?
                 .into_iter()
                 .find(|r| r.seq == entry.seq)
@@ -489,7 +489,7 @@ impl Chat {
 
     /// Submits a pending commit: merged when the server accepts it (its
     /// sequence number is returned), dropped when the server refuses it.
-    async fn submit(&mut self, room: &str, out: crate::engine::Outgoing) -> Result<u64, ClientError> {
+    async fn submit(&mut self, room: &str, out: crate::engine::Outgoing) -> Result<Seq, ClientError> {
         let req = Request::Commit {
             room: room.to_owned(),
             commit: out.commit,
@@ -519,7 +519,7 @@ impl Chat {
         &mut self,
         room: &str,
         mut make: impl FnMut(&mut Engine, &str) -> Result<crate::engine::Outgoing, crate::engine::EngineError>,
-    ) -> Result<u64, ClientError> {
+    ) -> Result<Seq, ClientError> {
         for attempt in 0..COMMIT_ATTEMPTS {
             let out = make(&mut self.engine, room).map_err(mls)?;
             match self.submit(room, out).await {
@@ -535,7 +535,7 @@ impl Chat {
     }
 
     /// Adds users (every device of each) to a room.
-    pub async fn add(&mut self, raw: &str, users: &[String]) -> Result<u64, ClientError> {
+    pub async fn add(&mut self, raw: &str, users: &[String]) -> Result<Seq, ClientError> {
         let room = room_name(raw)?;
         self.sync_room(&room).await?;
         self.remove_departed(&room).await?;
@@ -552,7 +552,7 @@ impl Chat {
     }
 
     /// Removes users (every device of each) from a room.
-    pub async fn remove(&mut self, raw: &str, users: &[String]) -> Result<u64, ClientError> {
+    pub async fn remove(&mut self, raw: &str, users: &[String]) -> Result<Seq, ClientError> {
         let room = room_name(raw)?;
         self.sync_room(&room).await?;
         let users: Vec<String> = users.iter().map(|u| u.to_ascii_lowercase()).collect();
@@ -578,7 +578,7 @@ impl Chat {
     }
 
     /// Leaves a room.
-    pub async fn leave(&mut self, raw: &str) -> Result<u64, ClientError> {
+    pub async fn leave(&mut self, raw: &str) -> Result<Seq, ClientError> {
         let room = room_name(raw)?;
         let seq = match self.conn.request(Request::Leave { room: room.clone() }).await? {
             Response::Accepted { seq } => seq,
@@ -589,7 +589,7 @@ impl Chat {
     }
 
     /// Gives a member a role (owner only).
-    pub async fn set_role(&mut self, raw: &str, user: &str, role: Role) -> Result<u64, ClientError> {
+    pub async fn set_role(&mut self, raw: &str, user: &str, role: Role) -> Result<Seq, ClientError> {
         let room = room_name(raw)?;
         match self.conn.request(Request::SetRole { room, user: user.to_owned(), role }).await? {
             Response::Accepted { seq } => Ok(seq),
@@ -599,7 +599,7 @@ impl Chat {
 
     /// Encrypts and sends a message; returns its sequence number. A message
     /// that could not be sent stays queued and is sent by [`Chat::resend_pending`].
-    pub async fn send(&mut self, raw: &str, text: &str) -> Result<u64, ClientError> {
+    pub async fn send(&mut self, raw: &str, text: &str) -> Result<Seq, ClientError> {
         let room = room_name(raw)?;
         check_text(text)?;
         if !self.engine.has_group(&room) {
@@ -627,7 +627,7 @@ impl Chat {
         Ok(seq)
     }
 
-    async fn deliver(&mut self, room: &str, client_msg_id: u64, text: &str) -> Result<u64, ClientError> {
+    async fn deliver(&mut self, room: &str, client_msg_id: u64, text: &str) -> Result<Seq, ClientError> {
         let ciphertext = self.engine.encrypt(room, text.as_bytes()).map_err(mls)?;
         match self.conn.request(Request::Send { room: room.to_owned(), client_msg_id, ciphertext }).await? {
             Response::Accepted { seq } => Ok(seq),
@@ -698,7 +698,7 @@ impl Chat {
                 if entry.seq <= last {
                     return Ok(Vec::new());
                 }
-                if entry.seq == last + 1 {
+                if entry.seq == last.next() {
                     let mut updates = Vec::new();
                     self.apply(&room, &entry, &mut updates).await?;
                     Ok(updates)
@@ -709,9 +709,7 @@ impl Chat {
             }
             Event::Welcome(w) => {
                 if !self.engine.has_group(&w.room) {
-                    if let Err(e) =
-                        self.engine.join_from_welcome(&w.room, &w.welcome, w.joined_seq.saturating_sub(1))
-                    {
+                    if let Err(e) = self.engine.join_from_welcome(&w.room, &w.welcome, w.joined_seq.prev()) {
                         tracing::warn!(room = %w.room, error = %e, "cannot join from Welcome; joining by external commit");
                         self.join_external(&w.room).await?;
                     }

@@ -45,7 +45,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use conclave_proto::{AccountInfo, Event as ServerEvent, MemberInfo, Role, RoomSummary};
+use conclave_proto::{AccountInfo, Event as ServerEvent, MemberInfo, Role, RoomSummary, Seq};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -276,7 +276,7 @@ pub struct Options {
     pub only_rooms: Option<BTreeSet<String>>,
     /// Rows up to this sequence number, by room, are not handed over (the
     /// front end already showed them).
-    pub shown: HashMap<String, u64>,
+    pub shown: HashMap<String, Seq>,
 }
 
 /// Why the online loop ended.
@@ -303,7 +303,7 @@ pub struct Session {
     /// The rooms the server last listed.
     rooms: BTreeSet<String>,
     /// The last history sequence number handed over, by room.
-    shown: HashMap<String, u64>,
+    shown: HashMap<String, Seq>,
     /// Messages in the engine's queue whose delivery the front end awaits.
     queued: Vec<Queued>,
     /// Rows read from now on are news.
@@ -574,7 +574,7 @@ impl Session {
             return;
         }
         loop {
-            let after = self.shown.get(room).copied().unwrap_or(0);
+            let after = self.shown.get(room).copied().unwrap_or(Seq::ZERO);
             let rows = match self.chat.history(room, after, HISTORY_PAGE) {
                 Ok(rows) => rows,
                 Err(e) => {
@@ -827,7 +827,7 @@ mod tests {
         }
         let row = HistoryRow {
             room: "lab".into(),
-            seq: 2,
+            seq: Seq::new(2),
             time_ms: 1_700_000_000_000,
             sender: "bob".into(),
             sender_display: "Bob".into(),

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use conclave_client::live::{Command, Dialer, LiveEvent, Options, Session};
 use conclave_client::{connect_tls, Chat, HistoryKind, Profile, ServerAddr};
-use conclave_proto::Password;
+use conclave_proto::{Password, Seq};
 use conclave_server::{Config, Server};
 use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
@@ -94,7 +94,7 @@ async fn until<T>(
 
 /// The texts of `room`'s messages in `chat`'s local history, in log order.
 fn messages(chat: &Chat, room: &str) -> Vec<String> {
-    chat.history(room, 0, 10_000)
+    chat.history(room, Seq::ZERO, 10_000)
         .unwrap()
         .into_iter()
         .filter(|r| r.kind == HistoryKind::Message)

@@ -11,7 +11,7 @@
 use bytes::BytesMut;
 use conclave_proto::{
     decode, decode_entry, encode, encode_entry, encode_to_bytes, ClientFrame, EntryBody, Event, LogEntry,
-    Request, RequestId, ServerFrame, DEFAULT_MAX_FRAME_LEN,
+    Request, RequestId, Seq, ServerFrame, DEFAULT_MAX_FRAME_LEN,
 };
 use criterion::{black_box, criterion_main, BatchSize, Criterion, Throughput};
 
@@ -42,7 +42,7 @@ fn send_request(len: usize) -> ClientFrame {
 
 fn log_entry(len: usize) -> LogEntry {
     LogEntry {
-        seq: 1_048_576,
+        seq: Seq::new(1_048_576),
         time_ms: 1_795_000_000_000,
         sender: "alice".into(),
         sender_device: 2,

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::rooms::{ClaimedKeyPackage, Event, LogEntry, MemberInfo, Role, RoomSummary, WelcomeItem};
-use crate::{ErrorBody, Password, NONCE_LEN};
+use crate::{ErrorBody, Password, Seq, NONCE_LEN};
 
 /// A request id, chosen by the client and echoed in the server's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -151,7 +151,7 @@ pub enum Request {
         /// The room.
         room: String,
         /// The last sequence number you processed.
-        after_seq: u64,
+        after_seq: Seq,
         /// At most this many entries (the server may send fewer).
         limit: u32,
     },
@@ -256,7 +256,7 @@ pub enum Response {
     /// The request was stored in the room's log under this number.
     Accepted {
         /// The log entry's sequence number.
-        seq: u64,
+        seq: Seq,
     },
     /// Answers `GetGroupInfo`.
     GroupInfo {

@@ -19,6 +19,7 @@ mod identity;
 mod names;
 mod rooms;
 mod secret;
+mod seq;
 
 pub use auth::{auth_message, AUTH_CONTEXT, EXPORTER_LABEL, EXPORTER_LEN, NONCE_LEN};
 pub use codec::{
@@ -36,10 +37,11 @@ pub use names::{
     MAX_PASSWORD_BYTES, MAX_USERNAME_LEN, MIN_PASSWORD_CHARS,
 };
 pub use rooms::{
-    validate_room_name, ClaimedKeyPackage, EntryBody, Event, LogEntry, MemberInfo, Role, RoomSummary,
-    WelcomeItem, MAX_MESSAGE_BYTES, MAX_ROOM_NAME_LEN,
+    validate_new_room_name, validate_room_name, ClaimedKeyPackage, EntryBody, Event, LogEntry, MemberInfo,
+    Role, RoomSummary, WelcomeItem, MAX_MESSAGE_BYTES, MAX_ROOM_NAME_LEN,
 };
 pub use secret::Password;
+pub use seq::{Seq, SeqParseError};
 
 /// The protocol version this build speaks. Both sides send it in their `Hello`;
 /// a mismatch ends the connection with [`ErrorCode::VERSION_MISMATCH`].

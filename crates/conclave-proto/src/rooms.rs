@@ -7,6 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::Seq;
+
 /// Longest room name, in bytes.
 pub const MAX_ROOM_NAME_LEN: usize = 64;
 
@@ -54,7 +56,7 @@ impl Role {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogEntry {
     /// The entry's sequence number in its room: 1, 2, 3, …
-    pub seq: u64,
+    pub seq: Seq,
     /// When the server accepted it, in milliseconds since the Unix epoch.
     pub time_ms: u64,
     /// The username of whoever caused it (empty for the server itself).
@@ -116,9 +118,9 @@ pub struct RoomSummary {
     /// How many users are members.
     pub members: u32,
     /// The sequence number of the newest log entry.
-    pub head_seq: u64,
+    pub head_seq: Seq,
     /// The sequence number at which you joined (entries before it are not yours to read).
-    pub joined_seq: u64,
+    pub joined_seq: Seq,
 }
 
 /// A room member, for `room members`.
@@ -155,7 +157,7 @@ pub struct WelcomeItem {
     #[serde(with = "serde_bytes")]
     pub group_id: Vec<u8>,
     /// The sequence number of the commit that added you: read the log after it.
-    pub joined_seq: u64,
+    pub joined_seq: Seq,
     /// MLSMessage(Welcome) bytes.
     #[serde(with = "serde_bytes")]
     pub welcome: Vec<u8>,
@@ -205,6 +207,19 @@ pub fn validate_room_name(raw: &str) -> Result<String, String> {
     Ok(name)
 }
 
+/// Checks the name of a new room: [`validate_room_name`], and the first
+/// character is a letter or digit, so that no room is called `.`, `..` or
+/// `-`, or hides like a dot file. Rooms made before this rule keep working:
+/// every other request checks only [`validate_room_name`].
+pub fn validate_new_room_name(raw: &str) -> Result<String, String> {
+    let name = validate_room_name(raw)?;
+    match name.chars().next() {
+        Some(c) if c.is_ascii_alphanumeric() => Ok(name),
+        Some(c) => Err(format!("a room name must start with a letter or a digit, not {c:?}")),
+        None => Err(format!("room name must be 1 to {MAX_ROOM_NAME_LEN} characters, got 0")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +233,17 @@ mod tests {
         assert!(validate_room_name(&"r".repeat(65)).is_err());
         assert!(validate_room_name("la b").unwrap_err().contains("' '"));
         assert!(validate_room_name(&"é".repeat(40)).unwrap_err().contains("may contain only"));
+    }
+
+    #[test]
+    fn new_room_names_start_with_a_letter_or_digit() {
+        for bad in [".", "..", "-", ".hidden", "_x", "#-"] {
+            assert!(validate_room_name(bad).is_ok(), "{bad:?} still names an existing room");
+            let err = validate_new_room_name(bad).unwrap_err();
+            assert!(err.contains("must start with a letter or a digit"), "{bad:?}: {err}");
+        }
+        assert_eq!(validate_new_room_name("#9.lab-x_y").unwrap(), "9.lab-x_y");
+        assert!(validate_new_room_name("la b").unwrap_err().contains("' '"), "the other rules come first");
     }
 
     #[test]

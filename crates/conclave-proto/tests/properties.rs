@@ -7,7 +7,7 @@
 use bytes::BytesMut;
 use conclave_proto::{
     decode, decode_entry, encode, encode_entry, encode_to_bytes, Authenticate, ClientFrame, ClientHello,
-    DecodeError, EntryBody, ErrorBody, ErrorCode, Event, LogEntry, Request, RequestId, Response, Role,
+    DecodeError, EntryBody, ErrorBody, ErrorCode, Event, LogEntry, Request, RequestId, Response, Role, Seq,
     ServerFrame,
 };
 use proptest::prelude::*;
@@ -32,7 +32,7 @@ fn request() -> impl Strategy<Value = Request> {
         }),
         (".{0,40}", any::<u64>(), any::<u32>()).prop_map(|(room, after_seq, limit)| Request::Sync {
             room,
-            after_seq,
+            after_seq: Seq::new(after_seq),
             limit
         }),
         (".{0,40}", bytes(), prop::option::of(bytes()), bytes()).prop_map(
@@ -63,7 +63,13 @@ fn entry() -> impl Strategy<Value = LogEntry> {
             .prop_map(|(user, role)| EntryBody::RoleChanged { user, role }),
     ];
     (any::<u64>(), any::<u64>(), "[a-z]{0,8}", any::<u32>(), body).prop_map(
-        |(seq, time_ms, sender, sender_device, body)| LogEntry { seq, time_ms, sender, sender_device, body },
+        |(seq, time_ms, sender, sender_device, body)| LogEntry {
+            seq: Seq::new(seq),
+            time_ms,
+            sender,
+            sender_device,
+            body,
+        },
     )
 }
 
@@ -71,7 +77,7 @@ fn server_frame() -> impl Strategy<Value = ServerFrame> {
     prop_oneof![
         (any::<u64>(), any::<u64>()).prop_map(|(id, seq)| ServerFrame::Response {
             id: RequestId(id),
-            body: Response::Accepted { seq }
+            body: Response::Accepted { seq: Seq::new(seq) }
         }),
         (prop::option::of(any::<u64>()), any::<u16>(), ".{0,60}", prop::option::of(any::<u32>())).prop_map(
             |(id, code, message, retry_after_secs)| ServerFrame::Error {

@@ -23,7 +23,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use conclave_proto::{
-    encode_entry, encode_to_bytes, validate_display_name, validate_username, EntryBody, Event, LogEntry,
+    encode_entry, encode_to_bytes, validate_display_name, validate_username, EntryBody, Event, LogEntry, Seq,
     ServerFrame,
 };
 use conclave_server::bench_support::{self, Harness};
@@ -66,7 +66,7 @@ fn ciphertext(len: usize) -> Vec<u8> {
 
 fn message_entry(seq: u64, len: usize) -> LogEntry {
     LogEntry {
-        seq,
+        seq: Seq::new(seq),
         time_ms: 1_795_000_000_000,
         sender: "user000".into(),
         sender_device: 1,
@@ -108,7 +108,7 @@ fn room(
     members: &[DeviceAccount],
 ) -> RoomId {
     let created = LogEntry {
-        seq: 1,
+        seq: Seq::FIRST,
         time_ms: 1_795_000_000_000,
         sender: members[0].username.to_string(),
         sender_device: members[0].device.0,
@@ -126,7 +126,12 @@ fn room(
         .unwrap();
     let adds: Vec<WriteOp> = members[1..]
         .iter()
-        .map(|m| WriteOp::AddMember { room, user: m.user, role: conclave_proto::Role::Member, joined_seq: 1 })
+        .map(|m| WriteOp::AddMember {
+            room,
+            user: m.user,
+            role: conclave_proto::Role::Member,
+            joined_seq: Seq::FIRST,
+        })
         .collect();
     for result in store.write_batch(&[adds]) {
         result.unwrap();
@@ -150,7 +155,7 @@ fn store_write_batch(c: &mut Criterion) {
         next_seq += 1;
         WriteOp::Append {
             room,
-            seq,
+            seq: Seq::new(seq),
             time_ms: 1_795_000_000_000,
             sender,
             client_msg_id: Some(seq.wrapping_mul(0x9e37_79b9_7f4a_7c15)),

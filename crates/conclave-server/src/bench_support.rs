@@ -79,7 +79,7 @@ impl Room {
         from: &DeviceAccount,
         client_msg_id: u64,
         ciphertext: Vec<u8>,
-    ) -> Result<u64, ErrorBody> {
+    ) -> Result<conclave_proto::Seq, ErrorBody> {
         self.handle.ask(|reply| RoomCmd::Send { from: from.clone(), client_msg_id, ciphertext, reply }).await
     }
 }

@@ -244,7 +244,7 @@ pub struct TailArgs {
     pub room: String,
     /// Only entries after this sequence number.
     #[arg(long, value_name = "SEQ")]
-    pub since: Option<u64>,
+    pub since: Option<conclave_proto::Seq>,
     /// Keep printing new messages as they arrive.
     #[arg(long, short)]
     pub follow: bool,

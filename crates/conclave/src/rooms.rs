@@ -7,7 +7,7 @@ use anyhow::{bail, Context};
 use chrono::TimeZone;
 use conclave_client::live::{Dialer, LiveEvent, Options, Session};
 use conclave_client::{Chat, ClientError, Connection, HistoryKind, HistoryRow, RoomNames};
-use conclave_proto::{AccountInfo, Role};
+use conclave_proto::{AccountInfo, Role, Seq};
 
 use crate::account::authenticated;
 use crate::cli::{GlobalOpts, RoomCommand, SendArgs, TailArgs};
@@ -151,12 +151,12 @@ pub async fn tail(opts: &GlobalOpts, args: &TailArgs) -> anyhow::Result<()> {
     let room = conclave_proto::validate_room_name(&args.room).map_err(anyhow::Error::msg)?;
     let rooms = chat.list_rooms().await?;
     let member = rooms.iter().any(|r| r.name == room);
-    if !member && chat.history(&room, 0, 1)?.is_empty() {
+    if !member && chat.history(&room, Seq::ZERO, 1)?.is_empty() {
         bail!("not a member of #{room}");
     }
     let names =
         if member { RoomNames::of_members(&chat.members(&room).await?) } else { RoomNames::default() };
-    let mut last = args.since.unwrap_or(0);
+    let mut last = args.since.unwrap_or(Seq::ZERO);
     let mut out = crate::output::stdout();
     loop {
         let rows = chat.history(&room, last, 1000)?;
@@ -185,7 +185,7 @@ async fn follow(
     chat: Chat,
     dialer: Dialer,
     room: &str,
-    last: u64,
+    last: Seq,
     json: bool,
     mut names: RoomNames,
 ) -> anyhow::Result<()> {

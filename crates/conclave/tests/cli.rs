@@ -407,4 +407,13 @@ fn names_that_hide_text_are_refused_before_anything_is_sent() {
         "correct horse\n",
     ));
     assert!(err.contains("is not a SHA-256 fingerprint"), "{err}");
+    // A sequence number is a whole number; anything else says so (in clap's
+    // usage-error form: the message, then a pointer to --help; exit code 2).
+    for bad in ["-1", "3.5", "ééé", "18446744073709551616"] {
+        let out = run(&p, &["tail", "lab", &format!("--since={bad}")], "");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {err}");
+        let first = err.lines().next().unwrap_or_default();
+        assert!(first.contains("is not a sequence number") && first.contains("whole number"), "{bad:?}: {err}");
+    }
 }

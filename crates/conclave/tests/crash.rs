@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use common::{ok, open_chat, profile, run, Rng, Served};
 use conclave_client::{HistoryKind, ServerAddr};
+use conclave_proto::Seq;
 
 const CYCLES: usize = 20;
 const USERS: [&str; 3] = ["alice", "bob", "carol"];
@@ -48,7 +49,7 @@ async fn acknowledged_messages_survive_sigkill_exactly_once_and_in_order() {
     let addr = ServerAddr::parse(&addr_text).unwrap();
 
     // (user, text) -> acknowledged sequence number
-    let mut acked: HashMap<String, u64> = HashMap::new();
+    let mut acked: HashMap<String, Seq> = HashMap::new();
     let mut sent_texts = 0usize;
     for cycle in 0..CYCLES {
         let server = Served::start_on(&data, &addr_text, &[]);
@@ -97,14 +98,14 @@ async fn acknowledged_messages_survive_sigkill_exactly_once_and_in_order() {
     }
     let mut alice = alice.unwrap();
     alice.sync_room("lab").await.unwrap();
-    let rows: Vec<(u64, String)> = alice
-        .history("lab", 0, 1_000_000)
+    let rows: Vec<(Seq, String)> = alice
+        .history("lab", Seq::ZERO, 1_000_000)
         .unwrap()
         .into_iter()
         .filter(|r| r.kind == HistoryKind::Message)
         .map(|r| (r.seq, r.text))
         .collect();
-    let mut seen: HashMap<&str, u64> = HashMap::new();
+    let mut seen: HashMap<&str, Seq> = HashMap::new();
     for (seq, text) in &rows {
         assert!(seen.insert(text, *seq).is_none(), "{text} is in the log twice");
     }
@@ -113,7 +114,7 @@ async fn acknowledged_messages_survive_sigkill_exactly_once_and_in_order() {
     }
     // Per sender, acknowledged messages keep the order they were sent in.
     for name in USERS {
-        let mut mine: Vec<(u64, &str)> = rows
+        let mut mine: Vec<(Seq, &str)> = rows
             .iter()
             .filter(|(_, t)| t.starts_with(&format!("{name}-")))
             .map(|(s, t)| (*s, t.as_str()))

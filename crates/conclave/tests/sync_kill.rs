@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 
 use common::{ok, open_chat, profile, run, Rng, Served, BIN};
 use conclave_client::{HistoryKind, ServerAddr};
+use conclave_proto::Seq;
 
 const MESSAGES: usize = 2_500;
 const KILLS: usize = 8;
@@ -129,14 +130,14 @@ async fn a_client_killed_while_catching_up_ends_with_every_message_once_in_order
     ok(&run(&alice_dir, &["room", "add", "lab", "bob"], ""));
     let addr = ServerAddr::parse(&server.addr).unwrap();
     let mut alice = open_chat(&alice_dir, &addr).await.expect("alice connects");
-    let (mut last, mut commit) = (0, 0);
+    let (mut last, mut commit) = (0u64, 0u64);
     for i in 0..MESSAGES {
         if i == MESSAGES / 2 {
             // A commit halfway: bob's device must also survive being killed
             // around a change of epoch.
-            commit = alice.add("lab", &["carol".into()]).await.unwrap();
+            commit = alice.add("lab", &["carol".into()]).await.unwrap().get();
         }
-        last = alice.send("lab", &format!("m{i}")).await.unwrap();
+        last = alice.send("lab", &format!("m{i}")).await.unwrap().get();
     }
     assert_eq!(applied(&bob_dir), 0, "bob has not joined yet");
 
@@ -194,7 +195,7 @@ async fn a_client_killed_while_catching_up_ends_with_every_message_once_in_order
     let back = format!("back after {KILLS} kills");
     ok(&run(&bob_dir, &["send", "lab", &back], ""));
     alice.sync_room("lab").await.unwrap();
-    let seen = alice.history("lab", last, 100).unwrap();
+    let seen = alice.history("lab", Seq::new(last), 100).unwrap();
     assert!(seen.iter().any(|r| r.kind == HistoryKind::Message && r.sender == "bob" && r.text == back));
     alice.send("lab", "welcome back").await.unwrap();
     let rows = tail_rows(&bob_dir);

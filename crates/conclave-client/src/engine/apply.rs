@@ -155,7 +155,7 @@ fn apply_message(tx: &mut Tx<'_>, room: &str, meta: &Meta, bytes: &[u8]) -> Resu
                 text: &reason,
             };
             store::put_history(tx.conn, room, &row)?;
-            tracing::debug!(room, seq = meta.seq, reason, "undecryptable message");
+            tracing::debug!(room, seq = %meta.seq, reason, "undecryptable message");
             Ok(Applied::Undecryptable(reason))
         }
     }
@@ -207,7 +207,7 @@ fn decrypt(
             let username = username_of(&sender_identity);
             let username = username.as_str();
             if !meta.sender.is_empty() && meta.sender != username {
-                tracing::warn!(room, seq = meta.seq, server = %meta.sender, mls = %sender_identity,
+                tracing::warn!(room, seq = %meta.seq, server = %meta.sender, mls = %sender_identity,
                     "the server attributes a message to another user than its MLS sender");
             }
             let display = if meta.sender == username && !meta.sender_display.is_empty() {
@@ -261,7 +261,7 @@ fn apply_commit(tx: &mut Tx<'_>, room: &str, meta: &Meta, bytes: &[u8]) -> Resul
     match message.content_type() {
         ContentType::Commit => {}
         ContentType::Proposal => {
-            tracing::warn!(room, seq = meta.seq, "skipping a proposal: proposals are not supported yet");
+            tracing::warn!(room, seq = %meta.seq, "skipping a proposal: proposals are not supported yet");
             tx.keep(room, group);
             return Ok(Applied::Skipped);
         }

@@ -41,7 +41,7 @@ pub enum EngineError {
         /// The room.
         room: String,
         /// The log entry that could not be applied.
-        seq: u64,
+        seq: conclave_proto::Seq,
         /// Why.
         reason: String,
     },

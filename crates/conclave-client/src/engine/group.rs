@@ -2,6 +2,7 @@
 //! commit, the pending commit and the server's answer, and joining (from a
 //! Welcome, or by external commit).
 
+use conclave_proto::Seq;
 use openmls::prelude::{
     GroupId, KeyPackage, LeafNodeIndex, LeafNodeParameters, MlsGroup, MlsGroupJoinConfig, MlsMessageBodyIn,
     MlsMessageOut, OpenMlsProvider as _, ProcessedWelcome, ProtocolVersion,
@@ -35,7 +36,7 @@ impl Engine {
                 .build(&tx.provider, tx.signer, tx.credential.clone())
                 .map_err(|e| EngineError::Mls(format!("cannot create the group for {room}: {e}")))?;
             let group_info = export_group_info(tx, &group, room)?;
-            store::put_room(tx.conn, room, group_id, 0)?;
+            store::put_room(tx.conn, room, group_id, Seq::ZERO)?;
             tx.keep(room, group);
             Ok(group_info)
         })
@@ -211,7 +212,7 @@ impl Engine {
         &mut self,
         room: &str,
         welcome: &[u8],
-        joined_seq: u64,
+        joined_seq: Seq,
     ) -> Result<(), EngineError> {
         let welcome = match parse_message(welcome, "Welcome")? {
             MlsMessageBodyIn::Welcome(w) => w,
@@ -253,7 +254,7 @@ impl Engine {
                 .map_err(|e| fail(&e))?;
             store::put_room(tx.conn, room, group_id.as_slice(), joined_seq)?;
             store::clear_pending(tx.conn, room)?;
-            tracing::debug!(room, epoch, joined_seq, "joined from a Welcome");
+            tracing::debug!(room, epoch, %joined_seq, "joined from a Welcome");
             tx.keep(room, group);
             Ok(())
         })
@@ -322,7 +323,7 @@ impl Engine {
                     "another leaf with this identity stays in the group"
                 );
             }
-            let last_seq = old_row.map_or(0, |r| r.last_seq);
+            let last_seq = old_row.map_or(Seq::ZERO, |r| r.last_seq);
             store::put_room(tx.conn, room, group_id.as_slice(), last_seq)?;
             store::put_pending(tx.conn, room, PendingKind::External, &out.commit)?;
             tracing::debug!(room, epoch = group.epoch().as_u64(), "external commit made");

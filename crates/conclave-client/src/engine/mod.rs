@@ -51,7 +51,7 @@ mod tests;
 use std::collections::HashMap;
 use std::path::Path;
 
-use conclave_proto::{IdentityError, MemberIdentity};
+use conclave_proto::{IdentityError, MemberIdentity, Seq};
 use openmls::prelude::tls_codec::{DeserializeBytes as _, Serialize as _};
 use openmls::prelude::{
     BasicCredential, Capabilities, Ciphersuite, Credential, CredentialWithKey, ExtensionType, GroupId,
@@ -104,7 +104,7 @@ pub enum Item<'a> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Meta {
     /// The entry's sequence number in the room's log.
-    pub seq: u64,
+    pub seq: Seq,
     /// When the server stored it, in milliseconds since the Unix epoch.
     pub time_ms: u64,
     /// The username of the sender, as the server attributes it, or "".
@@ -152,7 +152,7 @@ pub struct HistoryRow {
     /// The room.
     pub room: String,
     /// The log sequence number.
-    pub seq: u64,
+    pub seq: Seq,
     /// When the server stored it, in milliseconds since the Unix epoch.
     pub time_ms: u64,
     /// The sender's username, or "" for the server.
@@ -332,7 +332,7 @@ impl Engine {
     }
 
     /// The last log sequence number processed for `room`.
-    pub fn last_seq(&self, room: &str) -> Result<u64, EngineError> {
+    pub fn last_seq(&self, room: &str) -> Result<Seq, EngineError> {
         Ok(store::room_row(&self.conn, room)?
             .ok_or_else(|| EngineError::NoSuchRoom(room.to_owned()))?
             .last_seq)
@@ -340,7 +340,7 @@ impl Engine {
 
     /// Sets the last log sequence number processed for `room` (after an
     /// external join, to where this device entered the log).
-    pub fn set_last_seq(&mut self, room: &str, seq: u64) -> Result<(), EngineError> {
+    pub fn set_last_seq(&mut self, room: &str, seq: Seq) -> Result<(), EngineError> {
         if store::set_last_seq(&self.conn, room, seq)? {
             Ok(())
         } else {
@@ -382,10 +382,10 @@ impl Engine {
     }
 
     /// Up to `limit` history rows of `room` after `after_seq`, in log order.
-    pub fn history(&self, room: &str, after_seq: u64, limit: usize) -> Result<Vec<HistoryRow>, EngineError> {
+    pub fn history(&self, room: &str, after_seq: Seq, limit: usize) -> Result<Vec<HistoryRow>, EngineError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         // SQLite integers are i64: no row is after a larger number (`tail --since`).
-        let Ok(after_seq) = i64::try_from(after_seq) else { return Ok(Vec::new()) };
+        let Ok(after_seq) = i64::try_from(after_seq.get()) else { return Ok(Vec::new()) };
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -397,7 +397,7 @@ impl Engine {
             .query_map(params![room, after_seq, limit], |r| {
                 Ok(HistoryRow {
                     room: r.get(0)?,
-                    seq: r.get(1)?,
+                    seq: Seq::new(r.get(1)?),
                     time_ms: r.get(2)?,
                     sender: r.get(3)?,
                     sender_display: r.get(4)?,

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 
+use conclave_proto::Seq;
 use openmls_rust_crypto::RustCrypto;
 use openmls_sqlite_storage::{Codec, SqliteStorageProvider};
 use openmls_traits::OpenMlsProvider;
@@ -259,13 +260,14 @@ fn restrict(path: &Path) -> std::io::Result<()> {
 /// What `room_state` holds for a room.
 pub(super) struct RoomRow {
     pub(super) group_id: Vec<u8>,
-    pub(super) last_seq: u64,
+    pub(super) last_seq: Seq,
 }
 
 pub(super) fn room_row(conn: &Connection, room: &str) -> Result<Option<RoomRow>, EngineError> {
     conn.prepare_cached("SELECT group_id, last_seq FROM room_state WHERE room = ?1")
         .and_then(|mut stmt| {
-            stmt.query_row([room], |r| Ok(RoomRow { group_id: r.get(0)?, last_seq: r.get(1)? })).optional()
+            stmt.query_row([room], |r| Ok(RoomRow { group_id: r.get(0)?, last_seq: Seq::new(r.get(1)?) }))
+                .optional()
         })
         .map_err(sql("reading the room state"))
 }
@@ -274,21 +276,21 @@ pub(super) fn put_room(
     conn: &Connection,
     room: &str,
     group_id: &[u8],
-    last_seq: u64,
+    last_seq: Seq,
 ) -> Result<(), EngineError> {
     conn.execute(
         "INSERT INTO room_state (room, group_id, last_seq) VALUES (?1, ?2, ?3)
          ON CONFLICT (room) DO UPDATE SET group_id = excluded.group_id, last_seq = excluded.last_seq",
-        params![room, group_id, last_seq],
+        params![room, group_id, last_seq.get()],
     )
     .map_err(sql("writing the room state"))?;
     Ok(())
 }
 
-pub(super) fn set_last_seq(conn: &Connection, room: &str, seq: u64) -> Result<bool, EngineError> {
+pub(super) fn set_last_seq(conn: &Connection, room: &str, seq: Seq) -> Result<bool, EngineError> {
     let n = conn
         .prepare_cached("UPDATE room_state SET last_seq = ?2 WHERE room = ?1")
-        .and_then(|mut stmt| stmt.execute(params![room, seq]))
+        .and_then(|mut stmt| stmt.execute(params![room, seq.get()]))
         .map_err(sql("advancing the room's last sequence number"))?;
     Ok(n == 1)
 }
@@ -363,7 +365,7 @@ pub(super) fn clear_pending(conn: &Connection, room: &str) -> Result<(), EngineE
 
 /// One history row to write.
 pub(super) struct NewRow<'a> {
-    pub(super) seq: u64,
+    pub(super) seq: Seq,
     pub(super) time_ms: u64,
     pub(super) sender: &'a str,
     pub(super) sender_display: &'a str,
@@ -377,7 +379,15 @@ pub(super) fn put_history(conn: &Connection, room: &str, row: &NewRow<'_>) -> Re
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )
     .and_then(|mut stmt| {
-        stmt.execute(params![room, row.seq, row.time_ms, row.sender, row.sender_display, row.kind, row.text])
+        stmt.execute(params![
+            room,
+            row.seq.get(),
+            row.time_ms,
+            row.sender,
+            row.sender_display,
+            row.kind,
+            row.text
+        ])
     })
     .map_err(sql("writing the room history"))?;
     Ok(())

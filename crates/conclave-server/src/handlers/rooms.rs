@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use conclave_proto::{
-    decode_entry, encode_entry, validate_room_name, ClaimedKeyPackage, ErrorBody, ErrorCode, LogEntry,
-    MemberInfo, Response, Role, RoomSummary, MAX_ROOM_NAME_LEN,
+    decode_entry, encode_entry, validate_new_room_name, validate_room_name, ClaimedKeyPackage, ErrorBody,
+    ErrorCode, LogEntry, MemberInfo, Response, Role, RoomSummary, Seq, MAX_ROOM_NAME_LEN,
 };
 
 use crate::mls::RoomGroup;
@@ -62,7 +62,7 @@ pub async fn create(
     group_id: Vec<u8>,
     group_info: Vec<u8>,
 ) -> Result<Response, ErrorBody> {
-    let name = validate_room_name(&name).map_err(|e| ErrorBody::new(ErrorCode::INVALID_ROOM_NAME, e))?;
+    let name = validate_new_room_name(&name).map_err(|e| ErrorBody::new(ErrorCode::INVALID_ROOM_NAME, e))?;
     if group_id.is_empty() || group_id.len() > 64 {
         return Err(ErrorBody::new(ErrorCode::INVALID_REQUEST, "a group id is 1 to 64 bytes"));
     }
@@ -93,7 +93,7 @@ pub async fn create(
         ));
     }
     let created = conclave_proto::LogEntry {
-        seq: 1,
+        seq: Seq::FIRST,
         time_ms: now_ms(),
         sender: from.username.to_string(),
         sender_device: from.device.0,
@@ -267,14 +267,14 @@ pub async fn sync(
     shared: &Arc<Shared>,
     from: &DeviceAccount,
     name: &str,
-    after_seq: u64,
+    after_seq: Seq,
     limit: u32,
 ) -> Result<Response, ErrorBody> {
     let (name, handle) = open(shared, from, name).await?;
     let (room_id, joined_seq) = handle
         .ask_as(shared, from.user, name, |reply| RoomCmd::ReadAccess { from: from.clone(), reply })
         .await?;
-    let after = after_seq.max(joined_seq.saturating_sub(1));
+    let after = after_seq.max(joined_seq.prev());
     let limit = limit.clamp(1, SYNC_MAX_ENTRIES) as usize;
     let store = shared.store.clone();
     let (raw, more) = crate::blocking::run(move || store.read_log(room_id, after, limit, SYNC_MAX_BYTES))

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use conclave_proto::{
     decode_entry, encode_entry, encode_to_bytes, validate_username, ClaimedKeyPackage, EntryBody, ErrorBody,
-    ErrorCode, Event, LogEntry, MemberInfo, Role, RoomSummary, ServerFrame, WelcomeItem, MAX_MESSAGE_BYTES,
+    ErrorCode, Event, LogEntry, MemberInfo, Role, RoomSummary, Seq, ServerFrame, WelcomeItem,
+    MAX_MESSAGE_BYTES,
 };
 use tokio::sync::mpsc;
 
@@ -36,12 +37,12 @@ const WRITES_IN_FLIGHT: usize = 4;
 /// A batch of sends handed to the log writer, answered when durable.
 struct InFlight {
     done: std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), ErrorBody>> + Send>>,
-    waiting: Vec<(Reply<u64>, u64)>,
+    waiting: Vec<(Reply<Seq>, Seq)>,
     frames: Vec<Bytes>,
-    new_ids: Vec<((UserId, DeviceNo, u64), u64)>,
+    new_ids: Vec<((UserId, DeviceNo, u64), Seq)>,
     error: Option<RoomError>,
     /// The next sequence number after this batch.
-    end_seq: u64,
+    end_seq: Seq,
 }
 
 /// Message ids remembered per room for deduplicating retries.
@@ -65,12 +66,12 @@ pub struct RoomActor {
     group: RoomGroup,
     group_info: Vec<u8>,
     members: HashMap<UserId, RoomMember>,
-    next_seq: u64,
-    recent: HashMap<(UserId, DeviceNo, u64), u64>,
+    next_seq: Seq,
+    recent: HashMap<(UserId, DeviceNo, u64), Seq>,
     recent_order: VecDeque<(UserId, DeviceNo, u64)>,
     subscribers: HashMap<ConnId, SessionHandle>,
     /// Sequence numbers below this are on disk.
-    durable_next: u64,
+    durable_next: Seq,
 }
 
 fn internal(what: impl std::fmt::Display) -> RoomError {
@@ -120,11 +121,11 @@ impl RoomActor {
             group,
             group_info: record.group_info,
             members: members.into_iter().map(|m| (m.user, m)).collect(),
-            next_seq: record.head_seq + 1,
+            next_seq: record.head_seq.next(),
             recent: recent_map,
             recent_order,
             subscribers: HashMap::new(),
-            durable_next: record.head_seq + 1,
+            durable_next: record.head_seq.next(),
         }))
     }
 
@@ -324,16 +325,16 @@ impl RoomActor {
 
     /// Fans out the stored entries from `from` on (after a reload). If they
     /// cannot be read, the subscribers are disconnected so they re-sync.
-    async fn replay(&mut self, from: u64) {
+    async fn replay(&mut self, from: Seq) {
         let store = self.shared.store.clone();
-        let (room, end) = (self.id, self.next_seq);
+        let (room, end) = (self.id, self.next_seq.get());
         let read = crate::blocking::run(move || {
             let mut raw = Vec::new();
-            let mut after = from - 1;
+            let mut after = from.prev().get();
             while after + 1 < end {
                 let (batch, _) = store.read_log(
                     room,
-                    after,
+                    Seq::new(after),
                     (end - after) as usize,
                     crate::handlers::rooms::SYNC_MAX_BYTES,
                 )?;
@@ -388,7 +389,7 @@ impl RoomActor {
         self.members.get(&from.user).ok_or_else(|| self.not_a_member())
     }
 
-    fn entry(&self, seq: u64, time_ms: u64, from: &DeviceAccount, body: EntryBody) -> LogEntry {
+    fn entry(&self, seq: Seq, time_ms: u64, from: &DeviceAccount, body: EntryBody) -> LogEntry {
         LogEntry { seq, time_ms, sender: from.username.to_string(), sender_device: from.device.0, body }
     }
 
@@ -427,9 +428,9 @@ impl RoomActor {
         let time_ms = now_ms();
         let mut ops = Vec::new();
         let mut frames = Vec::new();
-        let mut waiting: Vec<(Reply<u64>, u64)> = Vec::new();
+        let mut waiting: Vec<(Reply<Seq>, Seq)> = Vec::new();
         let mut new_ids = Vec::new();
-        let mut in_batch: HashMap<(UserId, DeviceNo, u64), u64> = HashMap::new();
+        let mut in_batch: HashMap<(UserId, DeviceNo, u64), Seq> = HashMap::new();
         for cmd in batch {
             let RoomCmd::Send { from, client_msg_id, ciphertext, reply } = cmd else { continue };
             if self.member(&from).is_err() {
@@ -464,7 +465,7 @@ impl RoomActor {
                     continue;
                 }
             };
-            self.next_seq += 1;
+            self.next_seq = self.next_seq.next();
             ops.push(WriteOp::Append {
                 room: self.id,
                 seq,
@@ -510,7 +511,7 @@ impl RoomActor {
         }
     }
 
-    fn remember(&mut self, key: (UserId, DeviceNo, u64), seq: u64) {
+    fn remember(&mut self, key: (UserId, DeviceNo, u64), seq: Seq) {
         self.recent.insert(key, seq);
         self.recent_order.push_back(key);
         if self.recent_order.len() > RECENT_IDS {
@@ -565,7 +566,7 @@ impl RoomActor {
                     group_id: self.group_id.clone(),
                     role: m.role,
                     members: self.members.len() as u32,
-                    head_seq: self.next_seq - 1,
+                    head_seq: self.next_seq.prev(),
                     joined_seq: m.joined_seq,
                 });
                 let _ = reply.send(result);
@@ -609,7 +610,7 @@ impl RoomActor {
         from: &DeviceAccount,
         body: EntryBody,
         more: Vec<WriteOp>,
-    ) -> Result<u64, RoomError> {
+    ) -> Result<Seq, RoomError> {
         let seq = self.next_seq;
         let time_ms = now_ms();
         let (stored, frame) = self.encode_entry(self.entry(seq, time_ms, from, body))?;
@@ -623,12 +624,12 @@ impl RoomActor {
         }];
         ops.extend(more);
         self.shared.log_writer.write(ops).await?;
-        self.next_seq += 1;
+        self.next_seq = self.next_seq.next();
         self.fan_out(&frame);
         Ok(seq)
     }
 
-    async fn set_role(&mut self, from: &DeviceAccount, user: &str, role: Role) -> Result<u64, RoomError> {
+    async fn set_role(&mut self, from: &DeviceAccount, user: &str, role: Role) -> Result<Seq, RoomError> {
         let me = self.member(from)?;
         if me.role != Role::Owner {
             return Err(RoomError::PermissionDenied("only the owner can change roles"));
@@ -653,7 +654,7 @@ impl RoomActor {
         Ok(seq)
     }
 
-    async fn leave(&mut self, from: &DeviceAccount) -> Result<u64, RoomError> {
+    async fn leave(&mut self, from: &DeviceAccount) -> Result<Seq, RoomError> {
         let me = self.member(from)?.clone();
         let mut ops = vec![WriteOp::RemoveMember { room: self.id, user: from.user }];
         // An owner who leaves hands the room on: to an admin, else to the
@@ -793,7 +794,7 @@ impl RoomActor {
         commit: Vec<u8>,
         welcome: Option<Vec<u8>>,
         group_info: Vec<u8>,
-    ) -> Result<u64, RoomError> {
+    ) -> Result<Seq, RoomError> {
         self.member(from)?;
         let checked = self.group.check_commit(&commit)?;
         let devices = self.added_devices(&checked.adds).await?;
@@ -856,8 +857,8 @@ impl RoomActor {
         }
 
         // Durable: from here on nothing can fail.
-        tracing::debug!(room = %self.name, seq, from = old_epoch, to = self.group.epoch(), "commit accepted");
-        self.next_seq += 1;
+        tracing::debug!(room = %self.name, %seq, from = old_epoch, to = self.group.epoch(), "commit accepted");
+        self.next_seq = self.next_seq.next();
         self.group_info = group_info;
         // The removed get the commit as their last event, then nothing more.
         self.fan_out(&frame);

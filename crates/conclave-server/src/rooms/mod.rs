@@ -19,7 +19,7 @@ pub mod policy;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use conclave_proto::{ClaimedKeyPackage, ErrorBody, ErrorCode, MemberInfo, Role, RoomSummary};
+use conclave_proto::{ClaimedKeyPackage, ErrorBody, ErrorCode, MemberInfo, Role, RoomSummary, Seq};
 use tokio::sync::{mpsc, oneshot};
 
 pub use self::policy::RoomError;
@@ -44,7 +44,7 @@ pub enum RoomCmd {
         /// The MLS PrivateMessage.
         ciphertext: Vec<u8>,
         /// Answered with the sequence number.
-        reply: Reply<u64>,
+        reply: Reply<Seq>,
     },
     /// Check, store and relay a commit.
     Commit {
@@ -57,7 +57,7 @@ pub enum RoomCmd {
         /// The new epoch's GroupInfo.
         group_info: Vec<u8>,
         /// Answered with the sequence number.
-        reply: Reply<u64>,
+        reply: Reply<Seq>,
     },
     /// Claim KeyPackages of users about to be added.
     Claim {
@@ -88,7 +88,7 @@ pub enum RoomCmd {
         /// Who asks.
         from: DeviceAccount,
         /// Answered with (room, joined_seq).
-        reply: Reply<(RoomId, u64)>,
+        reply: Reply<(RoomId, Seq)>,
     },
     /// The latest GroupInfo, for an external join.
     GroupInfo {
@@ -106,14 +106,14 @@ pub enum RoomCmd {
         /// The new role.
         role: Role,
         /// Answered with the sequence number of the notice.
-        reply: Reply<u64>,
+        reply: Reply<Seq>,
     },
     /// Leave the room.
     Leave {
         /// Who leaves.
         from: DeviceAccount,
         /// Answered with the sequence number of the notice.
-        reply: Reply<u64>,
+        reply: Reply<Seq>,
     },
     /// Deliver live events to this session (ignored unless its user is a member).
     Subscribe(SessionHandle),

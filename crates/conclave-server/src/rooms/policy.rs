@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use conclave_proto::{ErrorBody, ErrorCode, MemberIdentity, Role, Username, MAX_MESSAGE_BYTES};
+use conclave_proto::{ErrorBody, ErrorCode, MemberIdentity, Role, Seq, Username, MAX_MESSAGE_BYTES};
 
 use crate::mls::{AddedMember, CheckedCommit, CommitSender, LeafInfo, MlsCheckError, ProposalType};
 use crate::store::{DeviceAccount, DeviceNo, RoomId, RoomMember, UserId, WriteOp};
@@ -333,7 +333,7 @@ pub struct CommitRecord<'a> {
     /// The room.
     pub room: RoomId,
     /// The commit's sequence number.
-    pub seq: u64,
+    pub seq: Seq,
     /// When it was accepted.
     pub time_ms: u64,
     /// The committing device.
@@ -403,7 +403,7 @@ impl CommitPlan {
     }
 
     /// The member records of the users who join at `seq`.
-    pub fn new_members(&self, seq: u64) -> impl Iterator<Item = RoomMember> + '_ {
+    pub fn new_members(&self, seq: Seq) -> impl Iterator<Item = RoomMember> + '_ {
         self.joined.iter().map(move |j| RoomMember {
             user: j.user,
             username: j.username.clone(),

@@ -18,7 +18,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use super::*;
-use conclave_proto::{validate_display_name, validate_username};
+use conclave_proto::{validate_display_name, validate_username, Seq};
 
 /// One named check, run against a fresh, empty store.
 pub struct Case {
@@ -206,7 +206,14 @@ fn append(
     id: Option<u64>,
     entry: &[u8],
 ) -> WriteOp {
-    WriteOp::Append { room, seq, time_ms: seq, sender, client_msg_id: id, entry: entry.to_vec() }
+    WriteOp::Append {
+        room,
+        seq: Seq::new(seq),
+        time_ms: seq,
+        sender,
+        client_msg_id: id,
+        entry: entry.to_vec(),
+    }
 }
 
 fn rooms_and_members(store: &dyn Store) {
@@ -221,11 +228,14 @@ fn rooms_and_members(store: &dyn Store) {
 
     let record = store.room_by_name("lab").unwrap().unwrap();
     assert_eq!((record.id, record.name.as_str(), &record.group_id[..]), (lab, "lab", &b"group-lab"[..]));
-    assert_eq!((record.epoch, &record.group_info[..], record.head_seq), (0, &b"gi-0"[..], 1));
+    assert_eq!((record.epoch, &record.group_info[..], record.head_seq), (0, &b"gi-0"[..], Seq::FIRST));
     assert!(record.group_state.is_none());
     let members = store.room_members(lab).unwrap();
     assert_eq!(members.len(), 1);
-    assert_eq!((members[0].user, members[0].role, members[0].joined_seq), (owner.user, Role::Owner, 1));
+    assert_eq!(
+        (members[0].user, members[0].role, members[0].joined_seq),
+        (owner.user, Role::Owner, Seq::FIRST)
+    );
     assert_eq!(members[0].username.as_str(), "olga");
 
     // A commit: the entry, the new epoch, the new member, in one job.
@@ -239,16 +249,20 @@ fn rooms_and_members(store: &dyn Store) {
                 group_info: b"gi-1".to_vec(),
                 group_state: b"st-1".to_vec(),
             },
-            WriteOp::AddMember { room: lab, user: bob.user, role: Role::Member, joined_seq: 2 },
+            WriteOp::AddMember { room: lab, user: bob.user, role: Role::Member, joined_seq: Seq::new(2) },
         ],
     )
     .unwrap();
     let record = store.room_by_name("lab").unwrap().unwrap();
-    assert_eq!((record.epoch, &record.group_info[..], record.head_seq), (1, &b"gi-1"[..], 2));
+    assert_eq!((record.epoch, &record.group_info[..], record.head_seq), (1, &b"gi-1"[..], Seq::new(2)));
     assert_eq!(record.group_state.as_deref(), Some(&b"st-1"[..]));
     let members = store.room_members(lab).unwrap();
     let names: Vec<_> = members.iter().map(|m| (m.username.as_str(), m.role, m.joined_seq)).collect();
-    assert_eq!(names, [("bob", Role::Member, 2), ("olga", Role::Owner, 1)], "members in username order");
+    assert_eq!(
+        names,
+        [("bob", Role::Member, Seq::new(2)), ("olga", Role::Owner, Seq::FIRST)],
+        "members in username order"
+    );
     assert_eq!(store.rooms_of_user(bob.user).unwrap(), ["lab"]);
 
     room(store, "annex", b"group-annex", bob.user).unwrap();
@@ -264,12 +278,12 @@ fn rooms_and_members(store: &dyn Store) {
         store,
         vec![
             append(lab, 3, Some((owner.user, owner.device)), None, b"commit 2"),
-            WriteOp::AddMember { room: lab, user: bob.user, role: Role::Member, joined_seq: 3 },
+            WriteOp::AddMember { room: lab, user: bob.user, role: Role::Member, joined_seq: Seq::new(3) },
         ],
     )
     .unwrap();
     let bob_again = store.room_members(lab).unwrap().into_iter().find(|m| m.user == bob.user).unwrap();
-    assert_eq!((bob_again.role, bob_again.joined_seq), (Role::Member, 3));
+    assert_eq!((bob_again.role, bob_again.joined_seq), (Role::Member, Seq::new(3)));
 }
 
 fn the_log(store: &dyn Store) {
@@ -281,27 +295,27 @@ fn the_log(store: &dyn Store) {
     for result in store.write_batch(&jobs) {
         result.unwrap();
     }
-    assert_eq!(store.room_by_name("lab").unwrap().unwrap().head_seq, 11);
+    assert_eq!(store.room_by_name("lab").unwrap().unwrap().head_seq, Seq::new(11));
 
-    let (all, more) = store.read_log(lab, 0, 100, usize::MAX).unwrap();
+    let (all, more) = store.read_log(lab, Seq::new(0), 100, usize::MAX).unwrap();
     assert!(!more);
     assert_eq!(all.len(), 11);
     assert_eq!(all[0], b"created");
     assert_eq!(all[10], [11u8; 10]);
 
-    let (page, more) = store.read_log(lab, 1, 3, usize::MAX).unwrap();
+    let (page, more) = store.read_log(lab, Seq::new(1), 3, usize::MAX).unwrap();
     assert_eq!((page, more), (vec![vec![2u8; 10], vec![3; 10], vec![4; 10]], true), "limit, then more");
-    let (page, more) = store.read_log(lab, 8, 3, usize::MAX).unwrap();
+    let (page, more) = store.read_log(lab, Seq::new(8), 3, usize::MAX).unwrap();
     assert_eq!((page.len(), more), (3, false), "exactly the rest: no more");
-    let (page, more) = store.read_log(lab, 1, 100, 25).unwrap();
+    let (page, more) = store.read_log(lab, Seq::new(1), 100, 25).unwrap();
     assert_eq!((page.len(), more), (2, true), "about max_bytes: 2 entries of 10 bytes fit in 25");
-    let (page, more) = store.read_log(lab, 1, 100, 1).unwrap();
+    let (page, more) = store.read_log(lab, Seq::new(1), 100, 1).unwrap();
     assert_eq!((page.len(), more), (1, true), "always at least one entry");
-    let (page, more) = store.read_log(lab, 11, 100, usize::MAX).unwrap();
+    let (page, more) = store.read_log(lab, Seq::new(11), 100, usize::MAX).unwrap();
     assert!(page.is_empty() && !more, "nothing after the head");
 
     let recent = store.recent_client_ids(lab, 3).unwrap();
-    let key = |seq: u64| ((owner.user, owner.device, seq * 100), seq);
+    let key = |seq: u64| ((owner.user, owner.device, seq * 100), Seq::new(seq));
     assert_eq!(recent, [key(11), key(10), key(9)], "the newest ids, newest first");
 
     // A repeated message id from the same device is refused (the room
@@ -312,7 +326,10 @@ fn the_log(store: &dyn Store) {
     let other = store.add_device(owner.user, &DeviceKey([31; 32])).unwrap();
     write_one(store, vec![append(lab, 12, Some((owner.user, other.device)), Some(1100), b"b")]).unwrap();
     write_one(store, vec![append(lab, 13, None, None, b"notice")]).unwrap();
-    assert_eq!(store.read_log(lab, 11, 100, usize::MAX).unwrap().0, [b"b".to_vec(), b"notice".to_vec()]);
+    assert_eq!(
+        store.read_log(lab, Seq::new(11), 100, usize::MAX).unwrap().0,
+        [b"b".to_vec(), b"notice".to_vec()]
+    );
     // A sequence number is taken once.
     assert!(write_one(store, vec![append(lab, 13, None, None, b"dup")]).is_err());
 }
@@ -326,7 +343,7 @@ fn a_failed_job_leaves_the_others(store: &dyn Store) {
         // Fails on its second op (seq 1 is taken); its first op and its
         // membership change must roll back with it.
         vec![
-            WriteOp::AddMember { room: lab, user: bob.user, role: Role::Member, joined_seq: 3 },
+            WriteOp::AddMember { room: lab, user: bob.user, role: Role::Member, joined_seq: Seq::new(3) },
             append(lab, 3, None, None, b"three"),
             append(lab, 1, None, None, b"clash"),
         ],
@@ -334,7 +351,7 @@ fn a_failed_job_leaves_the_others(store: &dyn Store) {
     ];
     let results = store.write_batch(&jobs);
     assert_eq!(results.iter().map(Result::is_ok).collect::<Vec<_>>(), [true, false, true]);
-    let (entries, _) = store.read_log(lab, 0, 100, usize::MAX).unwrap();
+    let (entries, _) = store.read_log(lab, Seq::new(0), 100, usize::MAX).unwrap();
     assert_eq!(entries, [b"created".to_vec(), b"two".to_vec(), b"four".to_vec()]);
     assert_eq!(store.room_members(lab).unwrap().len(), 1, "the failed job's member is not added");
 }
@@ -348,14 +365,14 @@ fn welcomes(store: &dyn Store) {
         room: lab,
         user: bob.user,
         device,
-        seq: 2,
+        seq: Seq::new(2),
         welcome: data.to_vec(),
     };
     write_one(
         store,
         vec![
             append(lab, 2, None, None, b"commit"),
-            WriteOp::AddMember { room: lab, user: bob.user, role: Role::Member, joined_seq: 2 },
+            WriteOp::AddMember { room: lab, user: bob.user, role: Role::Member, joined_seq: Seq::new(2) },
             welcome(bob.device, b"w1"),
             welcome(bob2.device, b"w2"),
         ],
@@ -363,7 +380,10 @@ fn welcomes(store: &dyn Store) {
     .unwrap();
     let got = store.welcomes_for(bob.user, bob.device).unwrap();
     assert_eq!(got.len(), 1, "each device gets its own Welcome");
-    assert_eq!((got[0].room.as_str(), &got[0].group_id[..], got[0].seq), ("lab", &b"group-lab"[..], 2));
+    assert_eq!(
+        (got[0].room.as_str(), &got[0].group_id[..], got[0].seq),
+        ("lab", &b"group-lab"[..], Seq::new(2))
+    );
     assert_eq!(got[0].welcome, b"w1");
     assert_eq!(store.welcomes_for(bob.user, bob2.device).unwrap()[0].welcome, b"w2");
     assert!(store.welcomes_for(owner.user, owner.device).unwrap().is_empty());

@@ -8,7 +8,7 @@
 
 pub mod sqlite;
 
-use conclave_proto::{DisplayName, MemberIdentity, Role, Username};
+use conclave_proto::{DisplayName, MemberIdentity, Role, Seq, Username};
 
 /// A user's row id. Stable for the life of the account.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -103,7 +103,7 @@ pub struct RoomRecord {
     /// The server's own saved keyless group state for that epoch, if any.
     pub group_state: Option<Vec<u8>>,
     /// Sequence number of the newest log entry.
-    pub head_seq: u64,
+    pub head_seq: Seq,
 }
 
 /// A member of a room.
@@ -118,7 +118,7 @@ pub struct RoomMember {
     /// Role.
     pub role: Role,
     /// Sequence number of the entry that made them a member.
-    pub joined_seq: u64,
+    pub joined_seq: Seq,
 }
 
 /// A new room, with its first log entry.
@@ -146,7 +146,7 @@ pub enum WriteOp {
         /// Room.
         room: RoomId,
         /// Its sequence number (the room's next).
-        seq: u64,
+        seq: Seq,
         /// Accepted at.
         time_ms: u64,
         /// Who sent it, if a device did.
@@ -176,7 +176,7 @@ pub enum WriteOp {
         /// Role.
         role: Role,
         /// The entry that added them.
-        joined_seq: u64,
+        joined_seq: Seq,
     },
     /// End a membership.
     RemoveMember {
@@ -203,7 +203,7 @@ pub enum WriteOp {
         /// Device.
         device: DeviceNo,
         /// The commit that added it.
-        seq: u64,
+        seq: Seq,
         /// MLSMessage(Welcome) bytes.
         welcome: Vec<u8>,
     },
@@ -229,7 +229,7 @@ pub struct StoredWelcome {
     /// MLS group id.
     pub group_id: Vec<u8>,
     /// The commit that added the device.
-    pub seq: u64,
+    pub seq: Seq,
     /// MLSMessage(Welcome) bytes.
     pub welcome: Vec<u8>,
 }
@@ -324,7 +324,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// The newest `limit` message ids of a room, for deduplicating retries:
     /// `((user, device, client_msg_id), seq)`.
-    fn recent_client_ids(&self, room: RoomId, limit: usize) -> Result<Vec<(ClientMsgKey, u64)>, StoreError>;
+    fn recent_client_ids(&self, room: RoomId, limit: usize) -> Result<Vec<(ClientMsgKey, Seq)>, StoreError>;
 
     /// Encoded log entries after `after`, oldest first: at most `limit`
     /// entries and about `max_bytes` bytes (always at least one). The flag
@@ -332,7 +332,7 @@ pub trait Store: Send + Sync + 'static {
     fn read_log(
         &self,
         room: RoomId,
-        after: u64,
+        after: Seq,
         limit: usize,
         max_bytes: usize,
     ) -> Result<(Vec<Vec<u8>>, bool), StoreError>;

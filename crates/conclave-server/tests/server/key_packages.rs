@@ -6,7 +6,7 @@
 use conclave_client::engine::Engine;
 use conclave_client::{Chat, ClientError, Connection, DeviceKey, HistoryKind};
 use conclave_proto::{
-    validate_username, AccountInfo, ErrorCode, MemberIdentity, Password, Request, Response,
+    validate_username, AccountInfo, ErrorCode, MemberIdentity, Password, Request, Response, Seq,
 };
 
 use super::{spawn_server, TestServer};
@@ -186,7 +186,7 @@ async fn a_key_package_is_stored_once_and_handed_out_once() {
     bob.catch_up().await.unwrap();
     alice.send("lab", "welcome, bob").await.unwrap();
     bob.sync_room("lab").await.unwrap();
-    let rows = bob.history("lab", 0, 100).unwrap();
+    let rows = bob.history("lab", Seq::ZERO, 100).unwrap();
     assert!(rows.iter().any(|r| r.kind == HistoryKind::Message && r.text == "welcome, bob"), "{rows:?}");
     s.stop().await;
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use conclave_client::{connect_tls, Chat, ClientError, DeviceKey};
 use conclave_proto::{
     auth_message, Authenticate, ClientFrame, ClientHello, ErrorCode, Password, Request, RequestId, Response,
-    ServerFrame, PROTOCOL_VERSION,
+    Seq, ServerFrame, PROTOCOL_VERSION,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -103,7 +103,7 @@ async fn pipelined_large_answers_stay_within_the_byte_budget_and_are_all_served_
     let mut raw = raw_authenticated(&s, &alice.device).await;
     const REQUESTS: u64 = 300;
     for id in 1..=REQUESTS {
-        let body = Request::Sync { room: "big".into(), after_seq: 0, limit: 1000 };
+        let body = Request::Sync { room: "big".into(), after_seq: Seq::ZERO, limit: 1000 };
         raw.send(&ClientFrame::Request { id: RequestId(id), body }).await;
     }
     // Not reading: the server answers until half the budget is queued, then

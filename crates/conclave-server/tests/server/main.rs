@@ -12,7 +12,8 @@ use std::time::Duration;
 use bytes::BytesMut;
 use conclave_client::{connect_tls, Chat, ClientError, Connection, DeviceKey, HistoryKind, ServerAddr};
 use conclave_proto::{
-    decode, encode_to_bytes, ClientFrame, ClientHello, ErrorCode, Password, ServerFrame, PROTOCOL_VERSION,
+    decode, encode_to_bytes, ClientFrame, ClientHello, ErrorCode, Password, Seq, ServerFrame,
+    PROTOCOL_VERSION,
 };
 use conclave_server::{Config, RegistrationPolicy, Server};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -125,7 +126,12 @@ impl User {
     /// (kind, sender, text) of the room's local history.
     async fn history(&mut self, room: &str) -> Vec<(HistoryKind, String, String)> {
         self.chat.sync_room(room).await.unwrap();
-        self.chat.history(room, 0, 10_000).unwrap().into_iter().map(|r| (r.kind, r.sender, r.text)).collect()
+        self.chat
+            .history(room, Seq::ZERO, 10_000)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.kind, r.sender, r.text))
+            .collect()
     }
 
     async fn messages(&mut self, room: &str) -> Vec<String> {

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use conclave_client::{Chat, ClientError, DeviceKey, HistoryKind, Update};
-use conclave_proto::{EntryBody, ErrorCode, Password, Request, Response, Role};
+use conclave_proto::{EntryBody, ErrorCode, Password, Request, Response, Role, Seq};
 
 use super::{in_room, spawn_server, spawn_server_in, user, users, TestServer, User};
 
@@ -50,7 +50,12 @@ async fn three_users_create_add_exchange_and_remove() {
     // Bob learns of his removal and sees nothing after it.
     let updates = bob.chat.sync_room("lab").await.unwrap();
     assert!(updates.contains(&Update::Removed { room: "lab".into() }), "{updates:?}");
-    assert!(!bob.chat.history("lab", 0, 1000).unwrap().iter().any(|r| r.text.contains("cannot read")));
+    assert!(!bob
+        .chat
+        .history("lab", Seq::ZERO, 1000)
+        .unwrap()
+        .iter()
+        .any(|r| r.text.contains("cannot read")));
     let e = bob.chat.send("lab", "still here?").await.unwrap_err();
     assert!(e.to_string().contains("not a member of #lab"), "{e}");
     s.stop().await;
@@ -154,7 +159,8 @@ async fn a_repeated_client_message_id_is_stored_once() {
 async fn sync_raw(s: &TestServer, u: &User, room: &str) -> Vec<conclave_proto::LogEntry> {
     let conn = s.connect().await;
     conn.authenticate(&u.device).await.unwrap();
-    match conn.request(Request::Sync { room: room.into(), after_seq: 0, limit: 1000 }).await.unwrap() {
+    match conn.request(Request::Sync { room: room.into(), after_seq: Seq::ZERO, limit: 1000 }).await.unwrap()
+    {
         Response::Log { entries, .. } => entries,
         other => panic!("{other:?}"),
     }
@@ -169,13 +175,13 @@ async fn non_members_and_plain_members_are_refused() {
     // A non-member: the same answer for everything, and for rooms that do not exist.
     let conn = mallory.chat.connection();
     for req in [
-        Request::Sync { room: "lab".into(), after_seq: 0, limit: 10 },
+        Request::Sync { room: "lab".into(), after_seq: Seq::ZERO, limit: 10 },
         Request::Members { room: "lab".into() },
         Request::GetGroupInfo { room: "lab".into() },
         Request::ClaimKeyPackages { room: "lab".into(), users: vec!["carol".into()] },
         Request::Send { room: "lab".into(), client_msg_id: 1, ciphertext: vec![1, 2, 3] },
         Request::Leave { room: "lab".into() },
-        Request::Sync { room: "nope".into(), after_seq: 0, limit: 10 },
+        Request::Sync { room: "nope".into(), after_seq: Seq::ZERO, limit: 10 },
     ] {
         let e = conn.request(req).await.unwrap_err();
         assert_eq!(code(&e), ErrorCode::NOT_A_MEMBER);
@@ -221,7 +227,7 @@ async fn leaving_works_without_an_admin_and_cuts_delivery() {
     assert_eq!(alice.messages("lab").await, ["bob: carol is gone"]);
     let e = carol.chat.sync_room("lab").await.unwrap_err();
     assert_eq!(e.to_string(), "not a member of #lab");
-    assert!(!carol.chat.history("lab", 0, 100).unwrap().iter().any(|r| r.text == "carol is gone"));
+    assert!(!carol.chat.history("lab", Seq::ZERO, 100).unwrap().iter().any(|r| r.text == "carol is gone"));
     let names: Vec<String> =
         alice.chat.members("lab").await.unwrap().into_iter().map(|m| m.username).collect();
     assert_eq!(names, ["alice", "bob"]);
@@ -243,7 +249,7 @@ async fn a_new_device_joins_its_users_rooms_by_itself() {
 
     bob.chat.send("lab", "hello both alices").await.unwrap();
     laptop.sync_room("lab").await.unwrap();
-    let rows = laptop.history("lab", 0, 100).unwrap();
+    let rows = laptop.history("lab", Seq::ZERO, 100).unwrap();
     assert!(rows.iter().any(|r| r.kind == HistoryKind::Message && r.text == "hello both alices"), "{rows:?}");
     laptop.send("lab", "from the laptop").await.unwrap();
     assert_eq!(bob.messages("lab").await, ["bob: hello both alices", "alice: from the laptop"]);
@@ -329,6 +335,18 @@ async fn bad_room_names_and_duplicates_are_refused() {
     assert!(e.to_string().contains("1 to 64"), "{e}");
     alice.chat.create_room(&"r".repeat(64)).await.unwrap();
     alice.chat.create_room("lab").await.unwrap();
+    // Names that hide or look like paths: the client refuses them, and so
+    // does the server when a client does not.
+    let conn = s.connect().await;
+    conn.authenticate(&alice.device).await.unwrap();
+    for bad in [".", "..", "-", ".staff"] {
+        let e = alice.chat.create_room(bad).await.unwrap_err();
+        assert!(e.to_string().contains("must start with a letter or a digit"), "{bad:?}: {e}");
+        let body = Request::CreateRoom { name: bad.into(), group_id: vec![1; 16], group_info: vec![0; 8] };
+        let e = conn.request(body).await.unwrap_err();
+        assert_eq!(code(&e), ErrorCode::INVALID_ROOM_NAME, "{bad:?}: {e}");
+        assert!(e.to_string().contains("must start with a letter or a digit"), "{bad:?}: {e}");
+    }
     let mut bob = user(&s, "bob").await;
     let e = bob.chat.create_room("lab").await.unwrap_err();
     assert_eq!(code(&e), ErrorCode::ROOM_EXISTS);
@@ -660,7 +678,7 @@ async fn room_existence_timing() {
     let conn = mallory.chat.connection();
     type Make = fn(&str) -> Request;
     let requests: [(&str, Make); 2] = [
-        ("Sync", |room| Request::Sync { room: room.into(), after_seq: 0, limit: 10 }),
+        ("Sync", |room| Request::Sync { room: room.into(), after_seq: Seq::ZERO, limit: 10 }),
         ("Members", |room| Request::Members { room: room.into() }),
     ];
     for (kind, make) in requests {

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use conclave_client::{HistoryKind, HistoryRow};
-use conclave_proto::{AccountInfo, MemberInfo, Role, RoomSummary};
+use conclave_proto::{AccountInfo, MemberInfo, Role, RoomSummary, Seq};
 use crossterm::event::{Event as TermEvent, KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEventKind};
 
 use super::command::{self, Command, COMMANDS};
@@ -115,7 +115,7 @@ pub struct RoomView {
     /// Lines scrolled up from the bottom (0: following new messages).
     pub scroll: usize,
     /// The last log sequence number shown.
-    pub last_seq: u64,
+    pub last_seq: Seq,
 }
 
 impl RoomView {
@@ -128,7 +128,7 @@ impl RoomView {
             pending: Vec::new(),
             members: Vec::new(),
             scroll: 0,
-            last_seq: 0,
+            last_seq: Seq::ZERO,
         }
     }
 
@@ -649,7 +649,7 @@ mod tests {
     pub(crate) fn row(room: &str, seq: u64, sender: &str, text: &str) -> HistoryRow {
         HistoryRow {
             room: room.into(),
-            seq,
+            seq: Seq::new(seq),
             time_ms: 1_700_000_000_000 + seq * 1000,
             sender: sender.into(),
             sender_display: sender.into(),
@@ -664,8 +664,8 @@ mod tests {
             group_id: vec![],
             role: Role::Owner,
             members: 2,
-            head_seq: 1,
-            joined_seq: 1,
+            head_seq: Seq::FIRST,
+            joined_seq: Seq::FIRST,
         }
     }
 

@@ -400,7 +400,7 @@ mod tests {
     use crate::tui::app::App;
     use conclave_client::live::LiveEvent as Event;
     use conclave_client::HistoryRow;
-    use conclave_proto::{AccountInfo, MemberInfo, Role, RoomSummary};
+    use conclave_proto::{AccountInfo, MemberInfo, Role, RoomSummary, Seq};
     use ratatui::backend::TestBackend;
     use ratatui::Terminal;
 
@@ -434,7 +434,7 @@ mod tests {
     fn row(seq: u64, sender: &str, kind: HistoryKind, text: &str) -> HistoryRow {
         HistoryRow {
             room: "lab".into(),
-            seq,
+            seq: Seq::new(seq),
             time_ms: 1_700_000_000_000 + seq * 1000,
             sender: sender.into(),
             sender_display: sender.into(),
@@ -455,8 +455,8 @@ mod tests {
             group_id: vec![],
             role: Role::Owner,
             members: 2,
-            head_seq: 1,
-            joined_seq: 1,
+            head_seq: Seq::FIRST,
+            joined_seq: Seq::FIRST,
         };
         app.on_worker(Event::Rooms { rooms: vec![summary("lab"), summary("random")], requested: false });
         let loading = screen(&mut app, 80, 24);
@@ -674,8 +674,8 @@ mod tests {
             group_id: vec![],
             role: Role::Owner,
             members: 4,
-            head_seq: 1,
-            joined_seq: 1,
+            head_seq: Seq::FIRST,
+            joined_seq: Seq::FIRST,
         };
         app.on_worker(Event::Rooms { rooms: vec![summary], requested: false });
         let named = |user: &str, display: &str| MemberInfo {

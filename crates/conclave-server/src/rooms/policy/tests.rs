@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use conclave_proto::{validate_username, ErrorBody, ErrorCode, Role};
+use conclave_proto::{validate_username, ErrorBody, ErrorCode, Role, Seq};
 
 use super::{check_commit, CommitFacts, CommitPlan, CommitRecord, Joiner, RoomError, RoomView};
 use crate::mls::{AddedMember, CommitSender, LeafInfo, ProposalType};
@@ -63,7 +63,7 @@ fn room() -> Room {
         username: d.username.clone(),
         display_name: d.display_name.clone(),
         role,
-        joined_seq: 1,
+        joined_seq: Seq::FIRST,
     };
     let members =
         [member(&alice(), Role::Owner), member(&bob(1), Role::Admin), member(&carol(), Role::Member)]
@@ -126,9 +126,10 @@ fn an_admin_adds_a_user_and_the_plan_routes_the_welcome() {
     assert_eq!(plan.names(), (vec!["dave".to_owned()], vec![]));
 
     let from = bob(1);
+    const NINE: Seq = Seq::new(9);
     let ops = plan.writes(CommitRecord {
         room: RoomId(7),
-        seq: 9,
+        seq: NINE,
         time_ms: 5,
         from: &from,
         entry: b"entry".to_vec(),
@@ -137,15 +138,18 @@ fn an_admin_adds_a_user_and_the_plan_routes_the_welcome() {
         group_state: b"state".to_vec(),
         welcome: Some(b"welcome"),
     });
-    assert!(matches!(&ops[0], WriteOp::Append { seq: 9, sender: Some((UserId(2), DeviceNo(1))), .. }));
+    assert!(matches!(&ops[0], WriteOp::Append { seq: NINE, sender: Some((UserId(2), DeviceNo(1))), .. }));
     assert!(matches!(&ops[1], WriteOp::SetEpoch { epoch: 3, .. }));
-    assert!(matches!(&ops[2], WriteOp::AddMember { user: UserId(4), role: Role::Member, joined_seq: 9, .. }));
+    assert!(matches!(
+        &ops[2],
+        WriteOp::AddMember { user: UserId(4), role: Role::Member, joined_seq: NINE, .. }
+    ));
     assert!(
-        matches!(&ops[3], WriteOp::Welcome { user: UserId(4), device: DeviceNo(1), seq: 9, welcome, .. } if welcome == b"welcome")
+        matches!(&ops[3], WriteOp::Welcome { user: UserId(4), device: DeviceNo(1), seq: NINE, welcome, .. } if welcome == b"welcome")
     );
     assert_eq!(ops.len(), 4);
-    let m: Vec<RoomMember> = plan.new_members(9).collect();
-    assert_eq!((m[0].username.as_str(), m[0].role, m[0].joined_seq), ("dave", Role::Member, 9));
+    let m: Vec<RoomMember> = plan.new_members(NINE).collect();
+    assert_eq!((m[0].username.as_str(), m[0].role, m[0].joined_seq), ("dave", Role::Member, NINE));
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use conclave_proto::{validate_username, DisplayName, Role, Username};
+use conclave_proto::{validate_username, DisplayName, Role, Seq, Username};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
 use self::checkpoint::{
@@ -344,7 +344,7 @@ impl Store for SqliteStore {
                         group_id: r.get(2)?,
                         epoch: r.get::<_, i64>(3)? as u64,
                         group_info: r.get(4)?,
-                        head_seq: r.get::<_, i64>(5)? as u64,
+                        head_seq: Seq::new(r.get::<_, i64>(5)? as u64),
                         group_state: r.get(6)?,
                     })
                 },
@@ -382,7 +382,7 @@ impl Store for SqliteStore {
                 username,
                 display_name: display,
                 role: role_from_int(role)?,
-                joined_seq: joined as u64,
+                joined_seq: Seq::new(joined as u64),
             });
         }
         Ok(out)
@@ -400,7 +400,7 @@ impl Store for SqliteStore {
         rows.collect::<Result<_, _>>().map_err(db)
     }
 
-    fn recent_client_ids(&self, room: RoomId, limit: usize) -> Result<Vec<(ClientMsgKey, u64)>, StoreError> {
+    fn recent_client_ids(&self, room: RoomId, limit: usize) -> Result<Vec<(ClientMsgKey, Seq)>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn
             .prepare_cached(
@@ -412,7 +412,7 @@ impl Store for SqliteStore {
             .query_map(params![room.0, to_i64(limit as u64)], |r| {
                 Ok((
                     (UserId(r.get(0)?), DeviceNo(r.get(1)?), r.get::<_, i64>(2)? as u64),
-                    r.get::<_, i64>(3)? as u64,
+                    Seq::new(r.get::<_, i64>(3)? as u64),
                 ))
             })
             .map_err(db)?;
@@ -422,7 +422,7 @@ impl Store for SqliteStore {
     fn read_log(
         &self,
         room: RoomId,
-        after: u64,
+        after: Seq,
         limit: usize,
         max_bytes: usize,
     ) -> Result<(Vec<Vec<u8>>, bool), StoreError> {
@@ -430,7 +430,8 @@ impl Store for SqliteStore {
         let mut stmt = conn
             .prepare_cached("SELECT entry FROM log WHERE room_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")
             .map_err(db)?;
-        let mut rows = stmt.query(params![room.0, to_i64(after), to_i64(limit as u64 + 1)]).map_err(db)?;
+        let mut rows =
+            stmt.query(params![room.0, to_i64(after.get()), to_i64(limit as u64 + 1)]).map_err(db)?;
         let mut out = Vec::new();
         let mut bytes = 0;
         while let Some(row) = rows.next().map_err(db)? {
@@ -498,7 +499,7 @@ impl Store for SqliteStore {
                 Ok(StoredWelcome {
                     room: r.get(0)?,
                     group_id: r.get(1)?,
-                    seq: r.get::<_, i64>(2)? as u64,
+                    seq: Seq::new(r.get::<_, i64>(2)? as u64),
                     welcome: r.get(3)?,
                 })
             })
@@ -589,7 +590,7 @@ mod tests {
                 *seq += 1;
                 WriteOp::Append {
                     room,
-                    seq: *seq,
+                    seq: Seq::new(*seq),
                     time_ms: *seq,
                     sender: Some((owner, DeviceNo(1))),
                     client_msg_id: Some(*seq),
@@ -630,7 +631,7 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "the WAL was never checkpointed ({pages} pages)");
         }
         assert!(db_bytes() > before, "the checkpoint copied the log into the database file");
-        let (entries, _) = store.read_log(room, 1, 10_000, usize::MAX).unwrap();
+        let (entries, _) = store.read_log(room, Seq::FIRST, 10_000, usize::MAX).unwrap();
         assert_eq!(entries.len() as u64, seq - 1, "every entry reads back");
     }
 
@@ -653,7 +654,7 @@ mod tests {
             pages = now;
         }
         assert!(restarted, "the WAL grew to {pages} pages past the inline limit");
-        let (entries, _) = store.read_log(room, 1, 10_000, usize::MAX).unwrap();
+        let (entries, _) = store.read_log(room, Seq::FIRST, 10_000, usize::MAX).unwrap();
         assert_eq!(entries.len() as u64, seq - 1);
     }
 
@@ -686,7 +687,7 @@ mod tests {
                         seq += 1;
                         job.push(WriteOp::Append {
                             room,
-                            seq,
+                            seq: Seq::new(seq),
                             time_ms: seq,
                             sender: Some((owner, DeviceNo(1))),
                             client_msg_id: Some(seq * 7),
@@ -703,7 +704,7 @@ mod tests {
                 let mut read = Vec::new();
                 let mut after = 0u64;
                 loop {
-                    let (entries, more) = store.read_log(room, after, page, page_bytes).unwrap();
+                    let (entries, more) = store.read_log(room, Seq::new(after), page, page_bytes).unwrap();
                     prop_assert!(!entries.is_empty() || !more);
                     after += entries.len() as u64;
                     read.extend(entries);
@@ -725,7 +726,7 @@ mod tests {
                 let (room, owner) = room_with_owner(&store);
                 let append = |seq: u64| WriteOp::Append {
                     room,
-                    seq,
+                    seq: Seq::new(seq),
                     time_ms: 0,
                     sender: Some((owner, DeviceNo(1))),
                     client_msg_id: None,
@@ -739,7 +740,7 @@ mod tests {
                 for (i, r) in results.iter().enumerate() {
                     prop_assert_eq!(r.is_ok(), i != bad);
                 }
-                let (entries, _) = store.read_log(room, 0, 100, 1 << 20).unwrap();
+                let (entries, _) = store.read_log(room, Seq::ZERO, 100, 1 << 20).unwrap();
                 prop_assert_eq!(entries.len(), 1 + 2);
             }
         }

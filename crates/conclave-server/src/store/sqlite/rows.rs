@@ -57,7 +57,7 @@ pub(super) fn apply_op(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> Result<(
             .and_then(|mut s| {
                 s.execute(params![
                     room.0,
-                    to_i64(*seq),
+                    to_i64(seq.get()),
                     to_i64(*time_ms),
                     sender.map(|(u, _)| u.0),
                     sender.map(|(_, d)| d.0),
@@ -79,7 +79,7 @@ pub(super) fn apply_op(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> Result<(
             tx.execute(
                 "INSERT INTO room_members (room_id, user_id, role, joined_seq) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (room_id, user_id) DO UPDATE SET role = excluded.role, joined_seq = excluded.joined_seq",
-                params![room.0, user.0, role_to_int(*role), to_i64(*joined_seq)],
+                params![room.0, user.0, role_to_int(*role), to_i64(joined_seq.get())],
             )
             .map_err(db)?;
         }
@@ -100,7 +100,7 @@ pub(super) fn apply_op(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> Result<(
         WriteOp::Welcome { room, user, device, seq, welcome } => {
             tx.execute(
                 "INSERT OR REPLACE INTO welcomes (user_id, device_no, room_id, seq, data) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![user.0, device.0, room.0, to_i64(*seq), welcome],
+                params![user.0, device.0, room.0, to_i64(seq.get()), welcome],
             )
             .map_err(db)?;
         }
