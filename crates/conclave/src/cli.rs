@@ -63,6 +63,22 @@ pub enum Command {
     /// Server administration, run on the server machine.
     #[command(subcommand)]
     Admin(AdminCommand),
+    /// Print a shell's completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = "Install, for example:\n  \
+        conclave completions bash > ~/.local/share/bash-completion/completions/conclave\n  \
+        conclave completions zsh > \"${fpath[1]}/_conclave\"\n  \
+        conclave completions fish > ~/.config/fish/completions/conclave.fish")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page conclave(1); with --dir, write one page per command there.
+    Man {
+        /// Write conclave.1 and a conclave-COMMAND.1 for each command into this directory
+        /// (created if missing) instead of printing conclave(1).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// `conclave serve`.
@@ -282,7 +298,7 @@ pub enum AdminCommand {
 const CLIENT_OPTIONS: [&str; 4] = ["profile", "server", "fingerprint", "accept_new_server"];
 
 /// The subcommands that ignore [`GlobalOpts`]: their help does not list them.
-const NOT_CLIENT_COMMANDS: [&str; 2] = ["serve", "admin"];
+const NOT_CLIENT_COMMANDS: [&str; 4] = ["serve", "admin", "completions", "man"];
 
 /// Parses the command line (exiting with clap's message on an error).
 ///
@@ -336,6 +352,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Chat(args) => crate::tui::run(global, args).await,
         Command::ForgetServer { server } => crate::connect::forget(global, server.as_deref()),
         Command::Admin(AdminCommand::Invite { data }) => crate::admin::invite(data.clone()),
+        Command::Completions { shell } => crate::package::completions(*shell),
+        Command::Man { dir } => crate::package::man(dir.as_deref()),
     }
 }
 

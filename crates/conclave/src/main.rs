@@ -7,6 +7,7 @@ mod admin;
 mod cli;
 mod connect;
 mod output;
+mod package;
 mod rooms;
 mod serve;
 mod tui;

@@ -414,6 +414,9 @@ fn names_that_hide_text_are_refused_before_anything_is_sent() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{bad:?}: {err}");
         let first = err.lines().next().unwrap_or_default();
-        assert!(first.contains("is not a sequence number") && first.contains("whole number"), "{bad:?}: {err}");
+        assert!(
+            first.contains("is not a sequence number") && first.contains("whole number"),
+            "{bad:?}: {err}"
+        );
     }
 }
