@@ -131,6 +131,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+#[cfg(any(test, feature = "bench"))]
 /// Default byte budget of one queue when none is given (the benchmarks'
 /// queues); the server's comes from `Config::outbound_bytes`.
 pub const DEFAULT_QUEUE_BYTES: usize = 4 * 1024 * 1024;
@@ -264,6 +265,7 @@ impl Drop for Outbox {
 pub struct QueueFull;
 
 impl Outbox {
+    #[cfg(any(test, feature = "bench"))]
     /// A queue of at most `capacity` frames and [`DEFAULT_QUEUE_BYTES`], and
     /// the receiving end a writer drains.
     pub(crate) fn new(capacity: usize) -> (Self, Frames) {
@@ -356,6 +358,7 @@ impl Outbox {
         }
     }
 
+    #[cfg(any(test, feature = "bench"))]
     /// Bytes queued now (and taken by the writer but not written yet).
     pub fn queued_bytes(&self) -> usize {
         self.queue.lock().bytes
@@ -386,6 +389,7 @@ impl Outbox {
         self.queue.ready.notify_one();
     }
 
+    #[cfg(any(test, feature = "bench"))]
     /// Encodes and queues one event.
     pub fn send(&self, frame: &ServerFrame) -> Result<(), QueueFull> {
         match encode_to_bytes(frame) {
@@ -464,6 +468,7 @@ impl Frames {
         &mut self.spare
     }
 
+    #[cfg(any(test, feature = "bench"))]
     /// Says that every frame [`Frames::taken`] held was written: their bytes
     /// leave the queue's budget (a session waiting for room may read on).
     pub fn written(&mut self) {
@@ -474,6 +479,7 @@ impl Frames {
         }
     }
 
+    #[cfg(any(test, feature = "bench"))]
     /// Takes the front frame of `spare`, out of the budget.
     fn pop(&mut self) -> Option<Bytes> {
         let frame = self.spare.pop_front()?;
