@@ -25,6 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::config::{Config, TlsSource};
 use crate::limits::{AddressCaps, Refusal};
@@ -206,7 +207,7 @@ impl Server {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
     {
         let deadline = tokio::time::Instant::now() + self.shared.config.handshake_timeout;
-        let info = session::ConnInfo { peer, nonce, exporter };
+        let info = session::ConnInfo { conn: self.shared.hub.next_conn(), peer, nonce, exporter };
         let (rd, wr) = tokio::io::split(stream);
         session::run(self.shared.clone(), rd, wr, info, None, deadline, CancellationToken::new()).await;
     }
@@ -231,6 +232,11 @@ async fn accept_loop(
                 }
             },
         };
+        // Every log line about this connection, from here to its close,
+        // carries its id and address (`session{conn=… peer=…}`).
+        let conn = shared.hub.next_conn();
+        let span = tracing::info_span!("session", conn = conn.0, %peer);
+        let entered = span.enter();
         let config = &shared.config;
         let Ok(permit) = limit.clone().try_acquire_owned() else {
             let max = config.max_connections;
@@ -274,12 +280,16 @@ async fn accept_loop(
         let _ = tcp.set_nodelay(true);
         let shared2 = shared.clone();
         let shutdown = shutdown.clone();
-        shared.tracker.spawn(async move {
-            let _permit = permit;
-            let _slot = slot;
-            let _active = ActiveGuard::new(shared2.clone(), peer);
-            session::serve(shared2, tcp, peer, waiting, shutdown).await;
-        });
+        drop(entered);
+        shared.tracker.spawn(
+            async move {
+                let _permit = permit;
+                let _slot = slot;
+                let _active = ActiveGuard::new(shared2.clone());
+                session::serve(shared2, tcp, conn, peer, waiting, shutdown).await;
+            }
+            .instrument(span),
+        );
         // Let the new session look at its socket before the next accept:
         // whether its client has spoken decides who makes room for whom
         // when its address is at its unauthenticated cap.

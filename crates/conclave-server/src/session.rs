@@ -65,6 +65,8 @@ enum Flow {
 
 /// What a handler needs to know about the connection it serves.
 pub struct ConnInfo {
+    /// The connection's id, in every log line about it.
+    pub conn: ConnId,
     /// The client's address.
     pub peer: SocketAddr,
     /// The nonce sent in our `Hello`.
@@ -109,6 +111,7 @@ type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
 pub async fn serve(
     shared: Arc<Shared>,
     tcp: TcpStream,
+    conn: ConnId,
     peer: SocketAddr,
     waiting: Waiting,
     shutdown: CancellationToken,
@@ -117,7 +120,7 @@ pub async fn serve(
     // Boxed: a connection in mid-handshake is large and short-lived; the
     // future an idle connection keeps for its whole life does not make room
     // for it (BENCHMARKS.md, memory).
-    let handshake = Box::pin(handshake(&shared, tcp, peer, deadline, &waiting));
+    let handshake = Box::pin(handshake(&shared, tcp, conn, peer, deadline, &waiting));
     let Some((rd, wr, info)) = handshake.await else { return };
     run(shared, rd, wr, info, Some(waiting), deadline, shutdown).await;
 }
@@ -127,6 +130,7 @@ pub async fn serve(
 async fn handshake(
     shared: &Shared,
     tcp: TcpStream,
+    conn: ConnId,
     peer: SocketAddr,
     deadline: Instant,
     waiting: &Waiting,
@@ -177,13 +181,13 @@ async fn handshake(
     };
     let mut exporter = [0u8; EXPORTER_LEN];
     if let Err(e) = tls.get_ref().1.export_keying_material(&mut exporter, EXPORTER_LABEL, None) {
-        tracing::error!(%peer, error = %e, "TLS exporter failed");
+        tracing::error!(error = %e, "TLS exporter failed");
         return None;
     }
     let mut nonce = [0u8; NONCE_LEN];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let (rd, wr) = tokio::io::split(tls);
-    Some((rd, wr, ConnInfo { peer, nonce, exporter }))
+    Some((rd, wr, ConnInfo { conn, peer, nonce, exporter }))
 }
 
 /// Runs the state machine over the two halves of an established stream (TLS,
@@ -211,11 +215,12 @@ pub async fn run<R, W>(
         &shared.tracker,
     );
     let mut reader = FrameReader::new(rd, shared.config.max_frame_len);
+    let conn = info.conn;
     let mut session = Session {
         shared: shared.clone(),
         info,
         outbox,
-        conn: shared.hub.next_conn(),
+        conn,
         kick: shutdown.child_token(),
         subscribed: None,
         requests: crate::limits::RateLimit::new(shared.config.requests_per_second, std::time::Instant::now()),
@@ -251,7 +256,7 @@ pub async fn run<R, W>(
                 if shutdown.is_cancelled() {
                     // The server logs its shutdown once; each connection's
                     // close is a detail.
-                    tracing::debug!(%peer, "closing: server shutting down");
+                    tracing::debug!("closing: server shutting down");
                     session.close_with(ErrorBody::new(ErrorCode::SHUTTING_DOWN, "server shutting down; reconnect later"));
                 } else if session.outbox.is_closed() {
                     // Whoever kicked it gave its last word (a room that
@@ -314,7 +319,7 @@ pub async fn run<R, W>(
                 break;
             }
             Err(e) => {
-                tracing::debug!(%peer, error = %e, "read ended");
+                tracing::debug!(error = %e, "read ended");
                 break;
             }
         };
@@ -335,7 +340,7 @@ pub async fn run<R, W>(
         }
     }
     if let State::Ready(account) = &state {
-        tracing::info!(%peer, user = %account.username, device = account.device.0, "session ended");
+        tracing::info!(user = %account.username, device = account.device.0, "session ended");
     }
     let unsubscribe = Box::pin(session.unsubscribe());
     unsubscribe.await;
@@ -530,7 +535,7 @@ impl Session {
                     ));
                     return Flow::Close(state);
                 }
-                tracing::debug!(peer = %self.info.peer, client = %hello.client, "hello");
+                tracing::debug!(client = %hello.client, "hello");
                 let reply = ServerFrame::Hello(ServerHello {
                     protocol_version: PROTOCOL_VERSION,
                     server: format!("conclave {}", env!("CARGO_PKG_VERSION")),
@@ -579,7 +584,7 @@ impl Session {
                     // from before the client can see the answer.
                     self.waiting = None;
                     let active = self.shared.active.load(Ordering::Relaxed);
-                    tracing::info!(peer = %self.info.peer, user = %a.username, device = a.device.0, active, "signed in");
+                    tracing::info!(user = %a.username, device = a.device.0, active, "signed in");
                 }
                 if self.reply(id, result) {
                     Flow::Continue(next)
@@ -635,25 +640,24 @@ fn authed(result: Result<DeviceAccount, ErrorBody>) -> (State, Result<Response, 
 /// Counts a connection as active for as long as it lives.
 pub struct ActiveGuard {
     shared: Arc<Shared>,
-    peer: SocketAddr,
 }
 
 impl ActiveGuard {
     /// Counts one more active connection and logs the open.
-    pub fn new(shared: Arc<Shared>, peer: SocketAddr) -> Self {
+    pub fn new(shared: Arc<Shared>) -> Self {
         let active = shared.active.fetch_add(1, Ordering::Relaxed) + 1;
         // Per connection: debug only, so that connections that never sign
         // in (a flood, a scanner) cost the log nothing at the default level;
         // a session that authenticates is logged at info.
-        tracing::debug!(%peer, active, "connection opened");
-        Self { shared, peer }
+        tracing::debug!(active, "connection opened");
+        Self { shared }
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         let active = self.shared.active.fetch_sub(1, Ordering::Relaxed) - 1;
-        tracing::debug!(peer = %self.peer, active, "connection closed");
+        tracing::debug!(active, "connection closed");
     }
 }
 
@@ -682,7 +686,8 @@ mod tests {
         else {
             panic!("a fresh table admits one connection")
         };
-        let connection = serve(server.shared().clone(), tcp, peer, waiting, CancellationToken::new());
+        let connection =
+            serve(server.shared().clone(), tcp, ConnId(0), peer, waiting, CancellationToken::new());
         let size = std::mem::size_of_val(&connection);
         assert!(size <= 1536, "a connection's future takes {size} bytes; box what made it grow");
     }

@@ -81,73 +81,97 @@ pub enum Command {
     },
 }
 
+/// How `conclave serve` writes its log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Lines for people: time, level, the connection's span, the message and its fields.
+    Text,
+    /// One JSON object a line, for a log collector.
+    Json,
+}
+
 /// `conclave serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// A TOML file of settings: each flag below is a key, its name with _ for - (see
+    /// docs/conclave.toml). Flags and environment variables override it.
+    #[arg(long, env = "CONCLAVE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Check the settings (the config file, the flags, the environment), print them with
+    /// where each came from, and exit without starting the server.
+    #[arg(long)]
+    pub check_config: bool,
+    /// What --check-config prints (filled in by `parse`).
+    #[arg(skip)]
+    pub effective: String,
+    /// The log's form on standard error: text for people, json (one object a line) for a
+    /// log collector. Every line about a connection names it: conn=ID and peer=ADDR.
+    #[arg(long, value_enum, env = "CONCLAVE_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Data directory: database and self-signed certificate.
     #[arg(long, env = "CONCLAVE_DATA", value_name = "DIR")]
     pub data: Option<PathBuf>,
-    /// Address to listen on (repeatable); default [::]:7667 and 0.0.0.0:7667.
-    #[arg(long = "listen", value_name = "ADDR")]
+    /// Address to listen on (repeatable, or comma-separated); default [::]:7667 and 0.0.0.0:7667.
+    #[arg(long = "listen", env = "CONCLAVE_LISTEN", value_delimiter = ',', value_name = "ADDR")]
     pub listen: Vec<SocketAddr>,
     /// PEM certificate chain (with --tls-key); default a self-signed one.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    #[arg(long, env = "CONCLAVE_TLS_CERT", value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key (with --tls-cert).
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    #[arg(long, env = "CONCLAVE_TLS_KEY", value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// Largest frame accepted from a client, in bytes.
-    #[arg(long, default_value_t = conclave_proto::DEFAULT_MAX_FRAME_LEN, value_parser = clap::value_parser!(usize))]
+    #[arg(long, env = "CONCLAVE_MAX_FRAME_BYTES", default_value_t = conclave_proto::DEFAULT_MAX_FRAME_LEN, value_parser = clap::value_parser!(usize))]
     pub max_frame_bytes: usize,
     /// Who may create accounts.
-    #[arg(long, value_enum, default_value_t = Registration::Open)]
+    #[arg(long, env = "CONCLAVE_REGISTRATION", value_enum, default_value_t = Registration::Open)]
     pub registration: Registration,
     /// Most connections held at once.
-    #[arg(long, default_value_t = conclave_server::config::DEFAULT_MAX_CONNECTIONS)]
+    #[arg(long, env = "CONCLAVE_MAX_CONNECTIONS", default_value_t = conclave_server::config::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
     /// Seconds a new connection has for TLS, Hello and authentication.
-    #[arg(long, default_value_t = conclave_server::config::DEFAULT_HANDSHAKE_TIMEOUT.as_secs(), value_name = "SECS")]
+    #[arg(long, env = "CONCLAVE_HANDSHAKE_TIMEOUT", default_value_t = conclave_server::config::DEFAULT_HANDSHAKE_TIMEOUT.as_secs(), value_name = "SECS")]
     pub handshake_timeout: u64,
     /// Failed logins allowed per account and per address before backoff.
-    #[arg(long, default_value_t = conclave_server::config::DEFAULT_FREE_LOGIN_FAILURES)]
+    #[arg(long, env = "CONCLAVE_FREE_LOGIN_FAILURES", default_value_t = conclave_server::config::DEFAULT_FREE_LOGIN_FAILURES)]
     pub free_login_failures: u32,
     /// Most connections from one source address.
-    #[arg(long, default_value_t = conclave_server::config::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)]
+    #[arg(long, env = "CONCLAVE_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = conclave_server::config::DEFAULT_MAX_CONNECTIONS_PER_ADDRESS)]
     pub max_connections_per_address: usize,
     /// Most connections from one source address that have not signed in yet.
-    #[arg(long, default_value_t = conclave_server::config::DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS)]
+    #[arg(long, env = "CONCLAVE_MAX_UNAUTHENTICATED_PER_ADDRESS", default_value_t = conclave_server::config::DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS)]
     pub max_unauthenticated_per_address: usize,
     /// Seconds after which a connection that has not signed in may be
     /// closed to make room for a newer one from its address.
-    #[arg(long, default_value_t = conclave_server::config::DEFAULT_UNAUTHENTICATED_GRACE.as_secs(), value_name = "SECS")]
+    #[arg(long, env = "CONCLAVE_UNAUTHENTICATED_GRACE", default_value_t = conclave_server::config::DEFAULT_UNAUTHENTICATED_GRACE.as_secs(), value_name = "SECS")]
     pub unauthenticated_grace: u64,
     /// Requests per second allowed on one connection (bursts of twice that).
-    #[arg(long, default_value_t = conclave_server::config::DEFAULT_REQUESTS_PER_SECOND)]
+    #[arg(long, env = "CONCLAVE_REQUESTS_PER_SECOND", default_value_t = conclave_server::config::DEFAULT_REQUESTS_PER_SECOND)]
     pub requests_per_second: u32,
     /// Messages per second allowed from one user (bursts of twice that).
-    #[arg(long, default_value_t = conclave_server::config::DEFAULT_MESSAGES_PER_SECOND)]
+    #[arg(long, env = "CONCLAVE_MESSAGES_PER_SECOND", default_value_t = conclave_server::config::DEFAULT_MESSAGES_PER_SECOND)]
     pub messages_per_second: u32,
     /// Rooms one user may be a member of.
-    #[arg(long, default_value_t = conclave_server::config::DEFAULT_MAX_ROOMS_PER_USER)]
+    #[arg(long, env = "CONCLAVE_MAX_ROOMS_PER_USER", default_value_t = conclave_server::config::DEFAULT_MAX_ROOMS_PER_USER)]
     pub max_rooms_per_user: usize,
     /// Members one room may have.
-    #[arg(long, default_value_t = conclave_server::config::DEFAULT_MAX_MEMBERS_PER_ROOM)]
+    #[arg(long, env = "CONCLAVE_MAX_MEMBERS_PER_ROOM", default_value_t = conclave_server::config::DEFAULT_MAX_MEMBERS_PER_ROOM)]
     pub max_members_per_room: usize,
     /// Single-use KeyPackages kept per device.
-    #[arg(long, default_value_t = conclave_server::config::DEFAULT_MAX_KEY_PACKAGES)]
+    #[arg(long, env = "CONCLAVE_MAX_KEY_PACKAGES", default_value_t = conclave_server::config::DEFAULT_MAX_KEY_PACKAGES)]
     pub max_key_packages: u32,
     /// Frames queued for one connection before it counts as too slow.
-    #[arg(long, default_value_t = conclave_server::config::DEFAULT_OUTBOUND_QUEUE)]
+    #[arg(long, env = "CONCLAVE_OUTBOUND_QUEUE", default_value_t = conclave_server::config::DEFAULT_OUTBOUND_QUEUE)]
     pub outbound_queue: usize,
     /// Bytes queued for one connection: past half, the server stops reading
     /// its requests until it reads its answers; events past all of it
     /// disconnect it as too slow.
-    #[arg(long, default_value_t = conclave_server::config::DEFAULT_OUTBOUND_BYTES, value_name = "BYTES")]
+    #[arg(long, env = "CONCLAVE_OUTBOUND_BYTES", default_value_t = conclave_server::config::DEFAULT_OUTBOUND_BYTES, value_name = "BYTES")]
     pub outbound_bytes: usize,
     /// Wait for the disk before acknowledging a write (on). `off` is for
     /// measuring what durability costs: a power failure can then lose
     /// acknowledged messages.
-    #[arg(long, value_enum, default_value_t = OnOff::On, value_name = "on|off")]
+    #[arg(long, env = "CONCLAVE_FSYNC", value_enum, default_value_t = OnOff::On, value_name = "on|off")]
     pub fsync: OnOff,
 }
 
@@ -309,8 +333,19 @@ const NOT_CLIENT_COMMANDS: [&str; 4] = ["serve", "admin", "completions", "man"];
 /// and `admin` (which ignore them) are marked hidden, so their `--help`
 /// lists only their own options. They are still accepted there, as before.
 pub fn parse() -> Cli {
-    let matches = command().get_matches();
-    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let matches = command().try_get_matches_from(&argv).unwrap_or_else(|e| e.exit());
+    let (matches, from_file) = crate::config_file::layer(&argv, matches).unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        std::process::exit(2)
+    });
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let Command::Serve(args) = &mut cli.command {
+        if args.check_config {
+            args.effective = crate::config_file::effective(&matches, &from_file);
+        }
+    }
+    cli
 }
 
 /// The command tree, built, with the client options hidden under `serve`

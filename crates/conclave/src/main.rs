@@ -5,6 +5,7 @@
 mod account;
 mod admin;
 mod cli;
+mod config_file;
 mod connect;
 mod output;
 mod package;
@@ -42,15 +43,28 @@ fn main() -> std::process::ExitCode {
             }
         }
     } else {
-        tracing_subscriber::fmt()
+        let format = match &cli.command {
+            cli::Command::Serve(args) => args.log_format,
+            _ => cli::LogFormat::Text,
+        };
+        let log = tracing_subscriber::fmt()
             .with_env_filter(filter())
             .with_writer(std::io::stderr)
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             // A log that cannot be written (stderr piped to a reader that
             // is gone) must not stop the server: tracing would report it
             // with eprintln!, which panics on a broken pipe.
-            .log_internal_errors(false)
-            .init();
+            .log_internal_errors(false);
+        match format {
+            cli::LogFormat::Text => {
+                log.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init()
+            }
+            // One JSON object a line: time, level, target, the event's
+            // fields at the top, and the connection's (`conn`, `peer`)
+            // under "span" for every line about one.
+            cli::LogFormat::Json => {
+                log.json().flatten_event(true).with_current_span(true).with_span_list(false).init()
+            }
+        }
     }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -7,8 +7,20 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cli::{OnOff, Registration, ServeArgs};
 
-/// Runs the server in the foreground.
+/// Runs the server in the foreground (or, with --check-config, checks and
+/// prints its settings).
 pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
+    let config = config(args)?;
+    if args.check_config {
+        crate::output::say!("{}", args.effective.trim_end())?;
+        crate::output::say!("# the settings are valid (data directory {})", config.data_dir.display())?;
+        return Ok(());
+    }
+    serve(config).await
+}
+
+/// The server's settings from the flags, checked.
+fn config(args: &ServeArgs) -> anyhow::Result<Config> {
     let data = match &args.data {
         Some(d) => d.clone(),
         None => crate::cli::default_data_dir()?,
@@ -62,7 +74,10 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
         Registration::Token => RegistrationPolicy::Token,
         Registration::Closed => RegistrationPolicy::Closed,
     };
+    Ok(config)
+}
 
+async fn serve(config: Config) -> anyhow::Result<()> {
     let data_dir = config.data_dir.clone();
     let server = Server::bind(config)
         .await

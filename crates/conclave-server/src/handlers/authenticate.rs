@@ -7,7 +7,6 @@ use crate::store::DeviceAccount;
 use crate::Shared;
 
 /// Verifies the signature and finds the device's account.
-#[tracing::instrument(skip_all, fields(peer = %info.peer))]
 pub async fn handle(shared: &Shared, info: &ConnInfo, req: Authenticate) -> Result<DeviceAccount, ErrorBody> {
     let key = super::verify_device(info, &req.device_key, &req.signature)?;
     let store = shared.store.clone();

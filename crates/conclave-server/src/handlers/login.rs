@@ -24,7 +24,6 @@ fn invalid() -> ErrorBody {
 }
 
 /// Checks the throttle, the device signature and the password, then adds the device.
-#[tracing::instrument(skip_all, fields(peer = %info.peer))]
 pub async fn handle(shared: &Shared, info: &ConnInfo, req: Login) -> Result<DeviceAccount, ErrorBody> {
     let key = super::verify_device(info, &req.device_key, &req.signature)?;
     let account_key = Key::Account(req.username.to_ascii_lowercase());

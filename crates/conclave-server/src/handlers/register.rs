@@ -11,7 +11,6 @@ use crate::Shared;
 
 /// Checks the policy and every field, then hashes the password and stores
 /// the account and device in one transaction.
-#[tracing::instrument(skip_all, fields(peer = %info.peer))]
 pub async fn handle(shared: &Shared, info: &ConnInfo, req: Register) -> Result<DeviceAccount, ErrorBody> {
     match shared.config.registration {
         RegistrationPolicy::Open => {}
