@@ -41,7 +41,7 @@ use std::sync::Arc;
 
 pub use config::{Config, RegistrationPolicy, TlsSource};
 pub use conn::QueueStats;
-pub use server::{create_invite, Server, ServerError};
+pub use server::{create_invite, open_store, Server, ServerError};
 
 /// State shared by every connection task.
 pub(crate) struct Shared {

@@ -371,6 +371,18 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// the server runs) and returns it.
 pub fn create_invite(data_dir: &std::path::Path) -> Result<String, ServerError> {
     use rand::RngCore;
+    let store = open_store(data_dir)?;
+    let mut bytes = [0u8; 16];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    let token = hex::encode(bytes);
+    store.create_invite(&token)?;
+    Ok(token)
+}
+
+/// The store of the server whose data directory is `data_dir`, for the admin
+/// commands (safe while that server runs: SQLite WAL). Refuses a directory
+/// without a database rather than making an empty one.
+pub fn open_store(data_dir: &std::path::Path) -> Result<SqliteStore, ServerError> {
     let config = Config::new(data_dir);
     if !config.database_path().exists() {
         return Err(ServerError::Setup(format!(
@@ -379,10 +391,5 @@ pub fn create_invite(data_dir: &std::path::Path) -> Result<String, ServerError> 
             data_dir.display()
         )));
     }
-    let store = SqliteStore::open(&config.database_path())?;
-    let mut bytes = [0u8; 16];
-    rand::rngs::OsRng.fill_bytes(&mut bytes);
-    let token = hex::encode(bytes);
-    store.create_invite(&token)?;
-    Ok(token)
+    Ok(SqliteStore::open(&config.database_path())?)
 }

@@ -316,6 +316,23 @@ pub enum AdminCommand {
         #[arg(long, env = "CONCLAVE_DATA", value_name = "DIR")]
         data: Option<PathBuf>,
     },
+    /// Users, devices, rooms, log entries and the database's size.
+    Stats(AdminReportArgs),
+    /// Every account: its devices, rooms, and when it last wrote to a room.
+    Users(AdminReportArgs),
+    /// Every room: members, log entries, epoch, and its last activity.
+    Rooms(AdminReportArgs),
+}
+
+/// The options of the admin reports.
+#[derive(Debug, Args)]
+pub struct AdminReportArgs {
+    /// The server's data directory.
+    #[arg(long, env = "CONCLAVE_DATA", value_name = "DIR")]
+    pub data: Option<PathBuf>,
+    /// One JSON document instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// The ids of [`GlobalOpts`]' arguments.
@@ -387,6 +404,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Chat(args) => crate::tui::run(global, args).await,
         Command::ForgetServer { server } => crate::connect::forget(global, server.as_deref()),
         Command::Admin(AdminCommand::Invite { data }) => crate::admin::invite(data.clone()),
+        Command::Admin(AdminCommand::Stats(args)) => crate::admin::stats(args),
+        Command::Admin(AdminCommand::Users(args)) => crate::admin::users(args),
+        Command::Admin(AdminCommand::Rooms(args)) => crate::admin::rooms(args),
         Command::Completions { shell } => crate::package::completions(*shell),
         Command::Man { dir } => crate::package::man(dir.as_deref()),
     }

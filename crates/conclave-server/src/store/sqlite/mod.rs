@@ -6,11 +6,14 @@
 //! write-ahead log into the database file (its module doc says why it is a
 //! thread of its own); `rows` how rows map to domain values and back.
 
+mod admin;
 mod checkpoint;
 mod migrations;
 mod rows;
 
 use std::path::Path;
+
+pub use self::admin::{RoomReport, Stats, UserReport};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 

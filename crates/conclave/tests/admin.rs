@@ -1,0 +1,76 @@
+//! `conclave admin stats|users|rooms [--json]` against the data directory of
+//! a server that is running and serving (issue 17, item 7, the reports).
+
+// Test helpers panic on failure by design: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{fails, ok, profile, run, Served};
+
+#[test]
+fn the_reports_count_what_the_running_server_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Served::start(&data, &[]);
+    let (alice, bob) = (profile(&dir, "alice"), profile(&dir, "bob"));
+    for (name, p) in [("alice", &alice), ("bob", &bob)] {
+        ok(&run(
+            p,
+            &["--server", &server.addr, "--accept-new-server", "register", name, "--password-stdin"],
+            "correct horse\n",
+        ));
+    }
+    ok(&run(&alice, &["room", "create", "lab"], ""));
+    ok(&run(&alice, &["room", "add", "lab", "bob"], ""));
+    ok(&run(&alice, &["send", "lab", "hello"], ""));
+    ok(&run(&alice, &["room", "create", "quiet"], ""));
+    let data = data.to_str().unwrap();
+    let admin = |what: &str, json: bool| {
+        let mut args = vec!["admin", what, "--data", data];
+        if json {
+            args.push("--json");
+        }
+        ok(&run(&alice, &args, ""))
+    };
+
+    let stats: serde_json::Value = serde_json::from_str(&admin("stats", true)).unwrap();
+    assert_eq!(
+        (stats["users"].as_u64(), stats["devices"].as_u64(), stats["rooms"].as_u64()),
+        (Some(2), Some(2), Some(2))
+    );
+    // lab: Created, the commit adding bob, the message; quiet: Created.
+    assert_eq!(stats["log_entries"].as_u64(), Some(4), "{stats}");
+    assert!(stats["database_bytes"].as_u64().unwrap() > 0);
+    let table = admin("stats", false);
+    assert!(table.starts_with("what") && table.contains("log entries  4"), "{table}");
+
+    let users: serde_json::Value = serde_json::from_str(&admin("users", true)).unwrap();
+    let names: Vec<&str> =
+        users.as_array().unwrap().iter().map(|u| u["username"].as_str().unwrap()).collect();
+    assert_eq!(names, ["alice", "bob"]);
+    assert_eq!((users[0]["rooms"].as_u64(), users[1]["rooms"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(users[0]["devices"].as_u64(), Some(1));
+    assert!(users[0]["last_active_ms"].as_u64().is_some(), "alice wrote: {users}");
+    assert!(users[1]["last_active_ms"].is_null(), "bob never wrote: {users}");
+    let table = admin("users", false);
+    assert!(table.lines().next().unwrap().starts_with("username  display name  devices"), "{table}");
+    assert_eq!(table.lines().count(), 3, "{table}");
+
+    let rooms: serde_json::Value = serde_json::from_str(&admin("rooms", true)).unwrap();
+    assert_eq!(rooms[0]["name"], "lab");
+    assert_eq!((rooms[0]["members"].as_u64(), rooms[0]["log_entries"].as_u64()), (Some(2), Some(3)));
+    assert_eq!((rooms[0]["epoch"].as_u64(), rooms[1]["name"].as_str()), (Some(1), Some("quiet")));
+    assert!(admin("rooms", false).contains("#lab"));
+
+    // The server went on serving beside the reports.
+    ok(&run(&bob, &["send", "lab", "still here"], ""));
+    let stats: serde_json::Value = serde_json::from_str(&admin("stats", true)).unwrap();
+    assert_eq!(stats["log_entries"].as_u64(), Some(5));
+
+    // A directory with no server in it is not made into one.
+    let nowhere = dir.path().join("nowhere");
+    let err = fails(&run(&alice, &["admin", "stats", "--data", nowhere.to_str().unwrap()], ""));
+    assert!(err.contains("no server database in") && err.contains("start `conclave serve"), "{err}");
+    assert!(!nowhere.join("server.db").exists());
+}
