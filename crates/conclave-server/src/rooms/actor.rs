@@ -72,6 +72,9 @@ pub struct RoomActor {
     subscribers: HashMap<ConnId, SessionHandle>,
     /// Sequence numbers below this are on disk.
     durable_next: Seq,
+    /// The last member left and the room was deleted: the actor takes no
+    /// more commands (the registry starts afresh for the name).
+    deleted: bool,
 }
 
 fn internal(what: impl std::fmt::Display) -> RoomError {
@@ -126,6 +129,7 @@ impl RoomActor {
             recent_order,
             subscribers: HashMap::new(),
             durable_next: record.head_seq.next(),
+            deleted: false,
         }))
     }
 
@@ -201,6 +205,12 @@ impl RoomActor {
                 self.handle(cmd).await;
                 // Whatever it wrote, it waited for.
                 self.durable_next = self.next_seq;
+                if self.deleted {
+                    // Handles now find the room stopped, and the registry
+                    // looks the name up afresh; what is queued is refused
+                    // (no members are left).
+                    rx.close();
+                }
             }
         }
         if self.drain(&mut writing).await {
@@ -656,6 +666,16 @@ impl RoomActor {
 
     async fn leave(&mut self, from: &DeviceAccount) -> Result<Seq, RoomError> {
         let me = self.member(from)?.clone();
+        if self.members.len() == 1 {
+            // The last member: nobody is left to read the room. It is
+            // deleted, log and all, and its name is free again.
+            self.shared.log_writer.write(vec![WriteOp::DeleteRoom { room: self.id }]).await?;
+            tracing::info!(room = %self.name, by = %from.username, "the last member left; room deleted");
+            self.members.clear();
+            self.subscribers.clear();
+            self.deleted = true;
+            return Ok(self.next_seq);
+        }
         let mut ops = vec![WriteOp::RemoveMember { room: self.id, user: from.user }];
         // An owner who leaves hands the room on: to an admin, else to the
         // longest-standing member.

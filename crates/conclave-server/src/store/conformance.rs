@@ -38,6 +38,7 @@ pub const CASES: &[Case] = &[
     Case { name: "the_log", run: the_log },
     Case { name: "a_failed_job_leaves_the_others", run: a_failed_job_leaves_the_others },
     Case { name: "welcomes", run: welcomes },
+    Case { name: "deleting_a_room", run: deleting_a_room },
 ];
 
 /// Runs every case of [`CASES`], each against a new store made by
@@ -391,4 +392,37 @@ fn welcomes(store: &dyn Store) {
     // A user removed from the room no longer gets its Welcomes.
     write_one(store, vec![WriteOp::RemoveMember { room: lab, user: bob.user }]).unwrap();
     assert!(store.welcomes_for(bob.user, bob.device).unwrap().is_empty());
+}
+
+fn deleting_a_room(store: &dyn Store) {
+    let owner = account(store, "olga", 60);
+    let bob = account(store, "bob", 61);
+    let lab = room(store, "lab", b"group-lab", owner.user).unwrap();
+    let other = room(store, "other", b"group-other", owner.user).unwrap();
+    write_one(
+        store,
+        vec![
+            append(lab, 2, Some((owner.user, owner.device)), Some(7), b"commit"),
+            WriteOp::AddMember { room: lab, user: bob.user, role: Role::Member, joined_seq: Seq::new(2) },
+            WriteOp::Welcome {
+                room: lab,
+                user: bob.user,
+                device: bob.device,
+                seq: Seq::new(2),
+                welcome: b"w".to_vec(),
+            },
+        ],
+    )
+    .unwrap();
+    write_one(store, vec![WriteOp::DeleteRoom { room: lab }]).unwrap();
+    assert!(store.room_by_name("lab").unwrap().is_none(), "the room is gone");
+    assert_eq!(store.rooms_of_user(owner.user).unwrap(), ["other"], "and its memberships");
+    assert!(store.rooms_of_user(bob.user).unwrap().is_empty());
+    assert!(store.welcomes_for(bob.user, bob.device).unwrap().is_empty(), "and its Welcomes");
+    assert!(store.read_log(lab, Seq::ZERO, 100, usize::MAX).unwrap().0.is_empty(), "and its log");
+    // The name and the group id are free again; the other room is untouched.
+    let again = room(store, "lab", b"group-lab", bob.user).unwrap();
+    assert_ne!(again, lab);
+    assert_eq!(store.read_log(again, Seq::ZERO, 100, usize::MAX).unwrap().0, [b"created".to_vec()]);
+    assert_eq!(store.read_log(other, Seq::ZERO, 100, usize::MAX).unwrap().0, [b"created".to_vec()]);
 }

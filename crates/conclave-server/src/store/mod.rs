@@ -207,6 +207,12 @@ pub enum WriteOp {
         /// MLSMessage(Welcome) bytes.
         welcome: Vec<u8>,
     },
+    /// Delete a room whose last member left: its log, memberships, Welcomes
+    /// and the room itself. Its name is free again.
+    DeleteRoom {
+        /// Room.
+        room: RoomId,
+    },
 }
 
 /// A single-use KeyPackage to store, as the server checked it.

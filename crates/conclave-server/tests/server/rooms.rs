@@ -235,6 +235,31 @@ async fn leaving_works_without_an_admin_and_cuts_delivery() {
 }
 
 #[tokio::test]
+async fn a_room_whose_last_member_leaves_is_deleted_and_its_name_freed() {
+    let s = spawn_server(|_| {}).await;
+    let [mut alice, mut bob] = in_room(&s, "lab", ["alice", "bob"]).await;
+    alice.chat.send("lab", "a secret plan").await.unwrap();
+    alice.chat.leave("lab").await.unwrap();
+    // Bob is still in it: the room stays, with what was said.
+    assert_eq!(bob.messages("lab").await, ["alice: a secret plan"]);
+    bob.chat.leave("lab").await.unwrap();
+    // Nobody is left: the room and its log are gone, and the name is free.
+    let e = bob.chat.sync_room("lab").await.unwrap_err();
+    assert_eq!(e.to_string(), "not a member of #lab");
+    let mut carol = user(&s, "carol").await;
+    carol.chat.create_room("lab").await.unwrap();
+    carol.chat.send("lab", "a fresh start").await.unwrap();
+    let log = sync_raw(&s, &carol, "lab").await;
+    assert_eq!(log.first().map(|e| e.seq), Some(Seq::FIRST), "a new room, numbered from 1");
+    assert_eq!(log.len(), 2, "Created and carol's message only: {log:?}");
+    assert!(!log.iter().any(|e| e.sender == "alice" || e.sender == "bob"));
+    let names: Vec<String> =
+        carol.chat.members("lab").await.unwrap().into_iter().map(|m| m.username).collect();
+    assert_eq!(names, ["carol"]);
+    s.stop().await;
+}
+
+#[tokio::test]
 async fn a_new_device_joins_its_users_rooms_by_itself() {
     let s = spawn_server(|_| {}).await;
     let [mut alice, mut bob] = in_room(&s, "lab", ["alice", "bob"]).await;

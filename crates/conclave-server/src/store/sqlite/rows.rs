@@ -104,6 +104,12 @@ pub(super) fn apply_op(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> Result<(
             )
             .map_err(db)?;
         }
+        WriteOp::DeleteRoom { room } => {
+            for table in ["log", "welcomes", "room_members"] {
+                tx.execute(&format!("DELETE FROM {table} WHERE room_id = ?1"), [room.0]).map_err(db)?;
+            }
+            tx.execute("DELETE FROM rooms WHERE id = ?1", [room.0]).map_err(db)?;
+        }
     }
     Ok(())
 }
