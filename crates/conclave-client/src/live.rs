@@ -432,16 +432,21 @@ impl Session {
     async fn serve(&mut self, commands: &mut mpsc::UnboundedReceiver<Command>) {
         loop {
             let error = match self.offline.take() {
+                // Started offline: the first connection's catch-up is still
+                // history (`live` stays false until it is done).
                 Some(error) => {
                     self.flush_local();
                     error
                 }
                 None => match self.online(commands).await {
                     Exit::Quit => return,
-                    Exit::Lost(error) => error,
+                    Exit::Lost(error) => {
+                        // What a reconnect catches up on arrived during the session: news.
+                        self.live = true;
+                        error
+                    }
                 },
             };
-            self.live = true;
             self.emit(LiveEvent::Disconnected { error });
             let mut backoff = BACKOFF_START;
             let mut attempt = 0u32;

@@ -227,3 +227,51 @@ async fn a_changed_certificate_stops_the_session_instead_of_retrying() {
     assert!(handle.shutdown(PATIENCE).await);
     other.stop().await;
 }
+
+/// A session started offline (the server down, as `conclave chat` does):
+/// what its first connection catches up on is history, not news; only what
+/// arrives after that is live.
+#[tokio::test]
+async fn an_offline_start_catches_up_as_history_then_goes_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = start(&data, "127.0.0.1:0".parse().unwrap()).await;
+    let (alice, bob, session, _events) = alice_and_bob_in_lab(&s, dir.path()).await;
+    drop(session);
+    chat(&s, &bob).await.send("lab", "said while alice was away").await.unwrap();
+    let (socket, fingerprint) = (s.socket, s.fingerprint.clone());
+    s.stop().await;
+
+    let profile = Profile::open(&alice).unwrap();
+    let device = profile.device_key().unwrap().unwrap();
+    let account =
+        conclave_proto::AccountInfo { username: "alice".into(), display_name: "alice".into(), device_id: 1 };
+    let offline =
+        Chat::open(&alice, &device, conclave_client::Connection::never_opened(&fingerprint), account)
+            .unwrap();
+    let dialer = Dialer::new(&alice, ServerAddr::parse(&socket.to_string()).unwrap(), fingerprint);
+    let (session, mut events) = Session::offline(dialer, offline, Options::default(), "server down".into());
+    let handle = session.spawn().unwrap();
+    until(&mut events, "the offline start", |e| matches!(e, LiveEvent::Disconnected { .. }).then_some(()))
+        .await;
+
+    let s = start(&data, socket).await;
+    let caught_up = until(&mut events, "bob's line", |e| match e {
+        LiveEvent::Rows { rows, live, .. } if rows.iter().any(|r| r.text == "said while alice was away") => {
+            Some(*live)
+        }
+        _ => None,
+    })
+    .await;
+    assert!(!caught_up, "the first catch-up after an offline start is history, not news");
+    until(&mut events, "connected", |e| matches!(e, LiveEvent::Connected(_)).then_some(())).await;
+    chat(&s, &bob).await.send("lab", "and now live").await.unwrap();
+    let live = until(&mut events, "the live line", |e| match e {
+        LiveEvent::Rows { rows, live, .. } if rows.iter().any(|r| r.text == "and now live") => Some(*live),
+        _ => None,
+    })
+    .await;
+    assert!(live, "what arrives once connected is news");
+    assert!(handle.shutdown(PATIENCE).await);
+    s.stop().await;
+}
