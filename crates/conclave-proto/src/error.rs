@@ -76,6 +76,8 @@ codes! {
     INVALID_DISPLAY_NAME = 110, "invalid_display_name";
     /// A field has the wrong shape (for example a key of the wrong length).
     INVALID_REQUEST = 111, "invalid_request";
+    /// The server's operator disabled the account (`conclave admin disable`).
+    ACCOUNT_DISABLED = 112, "account_disabled";
 
     // Rooms.
     /// Not a member of the room (also said of rooms that do not exist, so

@@ -15,6 +15,7 @@
 
 #![warn(missing_docs)]
 
+mod accounts;
 #[cfg(feature = "bench")]
 #[doc(hidden)]
 pub mod bench_support;
@@ -63,4 +64,27 @@ pub(crate) struct Shared {
     warnings: repeated::Repeated<(repeated::Warning, std::net::IpAddr)>,
     /// Refused connections being told why (TLS handshake, error frame).
     refusals: Arc<tokio::sync::Semaphore>,
+    /// The accounts the operator disabled, as last read from the store.
+    disabled: std::sync::Mutex<std::collections::HashSet<store::UserId>>,
+}
+
+impl Shared {
+    /// Refuses a disabled account's sign-in. An account the last reading
+    /// says is disabled is looked up again, so that one enabled a moment ago
+    /// gets in at once (one disabled a moment ago is closed by the next
+    /// reading, within `accounts::DISABLED_POLL`).
+    async fn refuse_disabled(&self, user: store::UserId) -> Result<(), conclave_proto::ErrorBody> {
+        if !self.disabled.lock().unwrap_or_else(|p| p.into_inner()).contains(&user) {
+            return Ok(());
+        }
+        let store = self.store.clone();
+        let now = blocking::run(move || store.disabled_users()).await?.map_err(handlers::store_error)?;
+        if now.contains(&user) {
+            return Err(accounts::disabled_error());
+        }
+        // Only this account's entry: the next reading closes the sessions of
+        // any account disabled since the last one.
+        self.disabled.lock().unwrap_or_else(|p| p.into_inner()).remove(&user);
+        Ok(())
+    }
 }

@@ -110,6 +110,7 @@ impl Server {
         let log_writer = crate::log_writer::LogWriter::spawn(store.clone())
             .map_err(|e| ServerError::Setup(format!("cannot start the log writer: {e}")))?;
         let message_rates = crate::limits::Keyed::new(config.messages_per_second);
+        let disabled = store.disabled_users()?.into_iter().collect();
         let shared = Arc::new(Shared {
             throttle: throttle::Throttle::new(config.free_login_failures, config.login_backoff),
             config,
@@ -126,6 +127,7 @@ impl Server {
             queue_stats: Default::default(),
             warnings: Repeated::new(repeated::WINDOW, repeated::MAX_PEERS),
             refusals: Arc::new(Semaphore::new(MAX_REFUSALS)),
+            disabled: std::sync::Mutex::new(disabled),
         });
         Ok(Self { listeners, fingerprint: identity.fingerprint(), shared })
     }
@@ -177,6 +179,7 @@ impl Server {
                 repeated::log_summaries(shared.warnings.flush(std::time::Instant::now()));
             }
         });
+        tracker.spawn(crate::accounts::watch_disabled(self.shared.clone(), shutdown.clone()));
         shutdown.cancelled().await;
         // Sessions see the same token and close; rooms finish what is queued.
         self.shared.rooms.close_all().await;

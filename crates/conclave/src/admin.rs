@@ -142,3 +142,18 @@ pub fn rooms(args: &crate::cli::AdminReportArgs) -> anyhow::Result<()> {
         .collect();
     table(&["room", "members", "log entries", "epoch", "created", "last activity"], &rows)
 }
+
+/// `conclave admin disable USER` and `enable USER`.
+pub fn set_disabled(args: &crate::cli::AdminUserArgs, disabled: bool) -> anyhow::Result<()> {
+    use conclave_server::store::Store as _;
+    let name = conclave_proto::validate_username(&args.user).context("no such account")?;
+    let store = store(args.data.as_deref())?;
+    let found = store.set_disabled(&name, disabled).context("cannot write to the server's database")?;
+    anyhow::ensure!(found, "no account is named {name} on this server (see `conclave admin users`)");
+    if disabled {
+        say!("disabled {name}: a running server closes its sessions within a second, and it cannot sign in until `conclave admin enable {name}`")?;
+    } else {
+        say!("enabled {name}: it can sign in again")?;
+    }
+    Ok(())
+}

@@ -322,6 +322,20 @@ pub enum AdminCommand {
     Users(AdminReportArgs),
     /// Every room: members, log entries, epoch, and its last activity.
     Rooms(AdminReportArgs),
+    /// Disable an account: its sessions close within a second, and it cannot sign in.
+    Disable(AdminUserArgs),
+    /// Enable a disabled account again.
+    Enable(AdminUserArgs),
+}
+
+/// The options of the admin commands about one account.
+#[derive(Debug, Args)]
+pub struct AdminUserArgs {
+    /// The account's username.
+    pub user: String,
+    /// The server's data directory.
+    #[arg(long, env = "CONCLAVE_DATA", value_name = "DIR")]
+    pub data: Option<PathBuf>,
 }
 
 /// The options of the admin reports.
@@ -407,6 +421,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Admin(AdminCommand::Stats(args)) => crate::admin::stats(args),
         Command::Admin(AdminCommand::Users(args)) => crate::admin::users(args),
         Command::Admin(AdminCommand::Rooms(args)) => crate::admin::rooms(args),
+        Command::Admin(AdminCommand::Disable(args)) => crate::admin::set_disabled(args, true),
+        Command::Admin(AdminCommand::Enable(args)) => crate::admin::set_disabled(args, false),
         Command::Completions { shell } => crate::package::completions(*shell),
         Command::Man { dir } => crate::package::man(dir.as_deref()),
     }

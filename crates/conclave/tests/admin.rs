@@ -74,3 +74,71 @@ fn the_reports_count_what_the_running_server_holds() {
     assert!(err.contains("no server database in") && err.contains("start `conclave serve"), "{err}");
     assert!(!nowhere.join("server.db").exists());
 }
+
+#[test]
+fn a_disabled_account_is_closed_and_refused_until_enabled() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = Served::start(&data, &[]);
+    let (alice, bob) = (profile(&dir, "alice"), profile(&dir, "bob"));
+    for (name, p) in [("alice", &alice), ("bob", &bob)] {
+        ok(&run(
+            p,
+            &["--server", &server.addr, "--accept-new-server", "register", name, "--password-stdin"],
+            "correct horse\n",
+        ));
+    }
+    ok(&run(&alice, &["room", "create", "lab"], ""));
+    ok(&run(&alice, &["room", "add", "lab", "bob"], ""));
+    let data = data.to_str().unwrap();
+
+    // Alice is connected and following the room when she is disabled.
+    let mut follow = Command::new(common::BIN)
+        .arg("--profile")
+        .arg(&alice)
+        .args(["tail", "lab", "--follow"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    ok(&run(&bob, &["send", "lab", "before"], ""));
+    std::thread::sleep(Duration::from_millis(500));
+    let said = ok(&run(&bob, &["admin", "disable", "alice", "--data", data], ""));
+    assert!(said.contains("disabled alice"), "{said}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = follow.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "alice's tail --follow was not closed");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = follow.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("disabled by the server's operator"), "{err}");
+
+    // Refused while disabled, on this device and on a new one; bob is not.
+    let err = fails(&run(&alice, &["whoami"], ""));
+    assert!(err.contains("disabled by the server's operator"), "{err}");
+    let laptop = profile(&dir, "alice-laptop");
+    let err = fails(&run(
+        &laptop,
+        &["--server", &server.addr, "--accept-new-server", "login", "alice", "--password-stdin"],
+        "correct horse\n",
+    ));
+    assert!(err.contains("disabled by the server's operator"), "{err}");
+    ok(&run(&bob, &["send", "lab", "bob carries on"], ""));
+
+    // Enabled again: alice signs in and reads what was said.
+    assert!(ok(&run(&bob, &["admin", "enable", "alice", "--data", data], "")).contains("enabled alice"));
+    assert!(ok(&run(&alice, &["whoami"], "")).starts_with("alice"));
+    let lines = ok(&run(&alice, &["tail", "lab"], ""));
+    assert!(lines.contains("bob carries on"), "{lines}");
+
+    let err = fails(&run(&bob, &["admin", "disable", "nobody", "--data", data], ""));
+    assert!(err.contains("no account is named nobody"), "{err}");
+}

@@ -13,6 +13,7 @@ pub async fn handle(shared: &Shared, info: &ConnInfo, req: Authenticate) -> Resu
     let found = crate::blocking::run(move || store.device_by_key(&key)).await?.map_err(super::store_error)?;
     match found {
         Some(account) => {
+            shared.refuse_disabled(account.user).await?;
             tracing::info!(user = %account.username, device = account.device.0, "device authenticated");
             Ok(account)
         }

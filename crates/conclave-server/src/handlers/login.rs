@@ -64,6 +64,7 @@ pub async fn handle(shared: &Shared, info: &ConnInfo, req: Login) -> Result<Devi
         return Err(invalid());
     };
     attempt.succeeded(&account_key);
+    shared.refuse_disabled(user).await?;
 
     let store = shared.store.clone();
     let account =

@@ -39,6 +39,7 @@ pub const CASES: &[Case] = &[
     Case { name: "a_failed_job_leaves_the_others", run: a_failed_job_leaves_the_others },
     Case { name: "welcomes", run: welcomes },
     Case { name: "deleting_a_room", run: deleting_a_room },
+    Case { name: "disabling_accounts", run: disabling_accounts },
 ];
 
 /// Runs every case of [`CASES`], each against a new store made by
@@ -425,4 +426,21 @@ fn deleting_a_room(store: &dyn Store) {
     assert_ne!(again, lab);
     assert_eq!(store.read_log(again, Seq::ZERO, 100, usize::MAX).unwrap().0, [b"created".to_vec()]);
     assert_eq!(store.read_log(other, Seq::ZERO, 100, usize::MAX).unwrap().0, [b"created".to_vec()]);
+}
+
+fn disabling_accounts(store: &dyn Store) {
+    let olga = account(store, "olga", 70);
+    let bob = account(store, "bob", 71);
+    assert!(store.disabled_users().unwrap().is_empty());
+    assert!(store.set_disabled(&olga.username, true).unwrap());
+    assert!(store.set_disabled(&olga.username, true).unwrap(), "disabling twice is no error");
+    assert_eq!(store.disabled_users().unwrap(), [olga.user]);
+    // The account, its devices and its name stay; only the flag is set.
+    assert_eq!(store.device_by_key(&DeviceKey([70; 32])).unwrap().map(|a| a.user), Some(olga.user));
+    let nobody = validate_username("nobody").unwrap();
+    assert!(!store.set_disabled(&nobody, true).unwrap(), "no such account");
+    assert!(store.set_disabled(&olga.username, false).unwrap());
+    assert!(store.disabled_users().unwrap().is_empty());
+    assert!(store.set_disabled(&bob.username, true).unwrap());
+    assert_eq!(store.disabled_users().unwrap(), [bob.user]);
 }

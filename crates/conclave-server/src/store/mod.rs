@@ -283,6 +283,13 @@ pub trait Store: Send + Sync + 'static {
     /// The account and device that own `key`.
     fn device_by_key(&self, key: &DeviceKey) -> Result<Option<DeviceAccount>, StoreError>;
 
+    /// Disables (or enables again) the account `username`; false if there
+    /// is no such account. Disabling one already disabled keeps its time.
+    fn set_disabled(&self, username: &Username, disabled: bool) -> Result<bool, StoreError>;
+
+    /// The accounts the operator disabled.
+    fn disabled_users(&self) -> Result<Vec<UserId>, StoreError>;
+
     /// Records a single-use invitation token.
     fn create_invite(&self, token: &str) -> Result<(), StoreError>;
 

@@ -84,6 +84,9 @@ const MIGRATIONS: &[&str] = &[
          not_after INTEGER NOT NULL
      ) WITHOUT ROWID;
      CREATE INDEX key_package_refs_by_expiry ON key_package_refs(not_after);",
+    // 5: accounts the operator disabled (`conclave admin disable`), and when.
+    "ALTER TABLE users ADD COLUMN disabled_at INTEGER;
+     CREATE INDEX users_disabled ON users(disabled_at) WHERE disabled_at IS NOT NULL;",
 ];
 
 /// Brings the schema of the database behind `conn` up to date, refusing a

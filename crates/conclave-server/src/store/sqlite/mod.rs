@@ -178,6 +178,28 @@ impl Store for SqliteStore {
         row.map(to_account).transpose()
     }
 
+    fn set_disabled(&self, username: &Username, disabled: bool) -> Result<bool, StoreError> {
+        let conn = self.lock();
+        let n = if disabled {
+            conn.execute(
+                "UPDATE users SET disabled_at = COALESCE(disabled_at, ?2) WHERE username = ?1",
+                params![username.as_str(), now()],
+            )
+        } else {
+            conn.execute("UPDATE users SET disabled_at = NULL WHERE username = ?1", [username.as_str()])
+        };
+        Ok(n.map_err(db)? == 1)
+    }
+
+    fn disabled_users(&self) -> Result<Vec<UserId>, StoreError> {
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached("SELECT id FROM users WHERE disabled_at IS NOT NULL ORDER BY id")
+            .map_err(db)?;
+        let rows = stmt.query_map([], |r| r.get(0).map(UserId)).map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)
+    }
+
     fn create_invite(&self, token: &str) -> Result<(), StoreError> {
         self.lock()
             .execute(
