@@ -11,7 +11,7 @@ use conclave_proto::{
 
 use crate::mls::RoomGroup;
 use crate::rooms::{RoomCmd, RoomHandle};
-use crate::store::{DeviceAccount, NewRoom};
+use crate::store::{DeviceAccount, NewRoom, WriteOp};
 use crate::Shared;
 
 /// Most entries one `Sync` answer carries.
@@ -277,9 +277,26 @@ pub async fn sync(
     let after = after_seq.max(joined_seq.prev());
     let limit = limit.clamp(1, SYNC_MAX_ENTRIES) as usize;
     let store = shared.store.clone();
-    let (raw, more) = crate::blocking::run(move || store.read_log(room_id, after, limit, SYNC_MAX_BYTES))
-        .await?
-        .map_err(super::store_error)?;
+    let (user, device) = (from.user, from.device);
+    let (raw, more, welcomed) = crate::blocking::run(move || {
+        let (raw, more) = store.read_log(room_id, after, limit, SYNC_MAX_BYTES)?;
+        Ok::<_, crate::store::StoreError>((raw, more, store.has_welcome(user, device, room_id)?))
+    })
+    .await?
+    .map_err(super::store_error)?;
+    if welcomed {
+        // A device that reads a room's log has joined it (a client joins from
+        // its Welcome before it syncs): the Welcome is used up. Dropped with
+        // the next group commit; the answer does not wait for it.
+        let drop = WriteOp::DropWelcomes { room: room_id, user, device };
+        if let Ok(done) = shared.log_writer.submit(vec![drop]).await {
+            shared.tracker.spawn(async move {
+                if let Err(e) = done.await {
+                    tracing::warn!(error = %e.message, "cannot drop a used Welcome; it is dropped at the next sync");
+                }
+            });
+        }
+    }
     let entries: Vec<LogEntry> =
         raw.iter().map(|bytes| decode_entry(bytes)).collect::<Result<_, _>>().map_err(|e| {
             ErrorBody::new(ErrorCode::INTERNAL, format!("a stored entry does not decode: {e}"))

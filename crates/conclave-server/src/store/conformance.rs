@@ -40,6 +40,7 @@ pub const CASES: &[Case] = &[
     Case { name: "welcomes", run: welcomes },
     Case { name: "deleting_a_room", run: deleting_a_room },
     Case { name: "disabling_accounts", run: disabling_accounts },
+    Case { name: "dropping_used_welcomes", run: dropping_used_welcomes },
 ];
 
 /// Runs every case of [`CASES`], each against a new store made by
@@ -382,6 +383,8 @@ fn welcomes(store: &dyn Store) {
     .unwrap();
     let got = store.welcomes_for(bob.user, bob.device).unwrap();
     assert_eq!(got.len(), 1, "each device gets its own Welcome");
+    assert!(store.has_welcome(bob.user, bob.device, lab).unwrap());
+    assert!(!store.has_welcome(owner.user, owner.device, lab).unwrap());
     assert_eq!(
         (got[0].room.as_str(), &got[0].group_id[..], got[0].seq),
         ("lab", &b"group-lab"[..], Seq::new(2))
@@ -443,4 +446,41 @@ fn disabling_accounts(store: &dyn Store) {
     assert!(store.disabled_users().unwrap().is_empty());
     assert!(store.set_disabled(&bob.username, true).unwrap());
     assert_eq!(store.disabled_users().unwrap(), [bob.user]);
+}
+
+fn dropping_used_welcomes(store: &dyn Store) {
+    let owner = account(store, "olga", 80);
+    let bob = account(store, "bob", 81);
+    let bob2 = store.add_device(bob.user, &DeviceKey([82; 32])).unwrap();
+    let lab = room(store, "lab", b"group-lab", owner.user).unwrap();
+    let annex = room(store, "annex", b"group-annex", owner.user).unwrap();
+    let welcome = |room: RoomId, device: DeviceNo| WriteOp::Welcome {
+        room,
+        user: bob.user,
+        device,
+        seq: Seq::new(2),
+        welcome: b"w".to_vec(),
+    };
+    write_one(
+        store,
+        vec![
+            append(lab, 2, None, None, b"commit"),
+            append(annex, 2, None, None, b"commit"),
+            WriteOp::AddMember { room: lab, user: bob.user, role: Role::Member, joined_seq: Seq::new(2) },
+            WriteOp::AddMember { room: annex, user: bob.user, role: Role::Member, joined_seq: Seq::new(2) },
+            welcome(lab, bob.device),
+            welcome(annex, bob.device),
+            welcome(lab, bob2.device),
+        ],
+    )
+    .unwrap();
+    write_one(store, vec![WriteOp::DropWelcomes { room: lab, user: bob.user, device: bob.device }]).unwrap();
+    assert!(!store.has_welcome(bob.user, bob.device, lab).unwrap(), "the used one is gone");
+    assert!(store.has_welcome(bob.user, bob.device, annex).unwrap(), "its Welcome into another room stays");
+    assert!(store.has_welcome(bob.user, bob2.device, lab).unwrap(), "another device's stays");
+    let rooms: Vec<String> =
+        store.welcomes_for(bob.user, bob.device).unwrap().into_iter().map(|w| w.room).collect();
+    assert_eq!(rooms, ["annex"]);
+    // Dropping what is not there is no error.
+    write_one(store, vec![WriteOp::DropWelcomes { room: lab, user: bob.user, device: bob.device }]).unwrap();
 }

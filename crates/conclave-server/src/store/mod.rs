@@ -207,6 +207,15 @@ pub enum WriteOp {
         /// MLSMessage(Welcome) bytes.
         welcome: Vec<u8>,
     },
+    /// Drop the Welcomes into a room kept for a device (it has joined).
+    DropWelcomes {
+        /// Room.
+        room: RoomId,
+        /// User.
+        user: UserId,
+        /// Device.
+        device: DeviceNo,
+    },
     /// Delete a room whose last member left: its log, memberships, Welcomes
     /// and the room itself. Its name is free again.
     DeleteRoom {
@@ -356,6 +365,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// Welcomes kept for a device.
     fn welcomes_for(&self, user: UserId, device: DeviceNo) -> Result<Vec<StoredWelcome>, StoreError>;
+
+    /// Whether a Welcome into `room` is kept for the device.
+    fn has_welcome(&self, user: UserId, device: DeviceNo, room: RoomId) -> Result<bool, StoreError>;
 }
 
 #[cfg(any(test, feature = "conformance"))]

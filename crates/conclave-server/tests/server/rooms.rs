@@ -259,6 +259,39 @@ async fn a_room_whose_last_member_leaves_is_deleted_and_its_name_freed() {
     s.stop().await;
 }
 
+/// The Welcomes kept for `u`'s device, by room, asked over the wire.
+async fn pending_welcomes(s: &TestServer, u: &User) -> Vec<String> {
+    let conn = s.connect().await;
+    conn.authenticate(&u.device).await.unwrap();
+    match conn.request(Request::PendingWelcomes).await.unwrap() {
+        Response::Welcomes(list) => list.into_iter().map(|w| w.room).collect(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_welcome_is_dropped_once_its_device_has_joined() {
+    let s = spawn_server(|_| {}).await;
+    let [mut alice, mut bob] = users(&s, ["alice", "bob"]).await;
+    alice.chat.create_room("lab").await.unwrap();
+    alice.chat.create_room("annex").await.unwrap();
+    alice.chat.add("lab", &["bob".into()]).await.unwrap();
+    alice.chat.add("annex", &["bob".into()]).await.unwrap();
+    assert_eq!(pending_welcomes(&s, &bob).await, ["lab", "annex"], "kept until bob's device joins");
+    // Bob's client joins from both Welcomes, then reads both logs.
+    bob.chat.catch_up().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !pending_welcomes(&s, &bob).await.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the used Welcomes were never dropped");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Bob is in both rooms, and a restart of his client needs no Welcome.
+    bob.chat.send("annex", "in").await.unwrap();
+    assert_eq!(alice.messages("annex").await, ["bob: in"]);
+    bob.chat.catch_up().await.unwrap();
+    s.stop().await;
+}
+
 #[tokio::test]
 async fn a_new_device_joins_its_users_rooms_by_itself() {
     let s = spawn_server(|_| {}).await;

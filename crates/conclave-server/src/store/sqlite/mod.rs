@@ -510,6 +510,15 @@ impl Store for SqliteStore {
         results
     }
 
+    fn has_welcome(&self, user: UserId, device: DeviceNo, room: RoomId) -> Result<bool, StoreError> {
+        self.lock()
+            .prepare_cached(
+                "SELECT 1 FROM welcomes WHERE user_id = ?1 AND device_no = ?2 AND room_id = ?3 LIMIT 1",
+            )
+            .and_then(|mut stmt| stmt.exists(params![user.0, device.0, room.0]))
+            .map_err(db)
+    }
+
     fn welcomes_for(&self, user: UserId, device: DeviceNo) -> Result<Vec<StoredWelcome>, StoreError> {
         let conn = self.lock();
         let mut stmt = conn

@@ -104,6 +104,13 @@ pub(super) fn apply_op(tx: &rusqlite::Transaction<'_>, op: &WriteOp) -> Result<(
             )
             .map_err(db)?;
         }
+        WriteOp::DropWelcomes { room, user, device } => {
+            tx.execute(
+                "DELETE FROM welcomes WHERE user_id = ?1 AND device_no = ?2 AND room_id = ?3",
+                params![user.0, device.0, room.0],
+            )
+            .map_err(db)?;
+        }
         WriteOp::DeleteRoom { room } => {
             for table in ["log", "welcomes", "room_members"] {
                 tx.execute(&format!("DELETE FROM {table} WHERE room_id = ?1"), [room.0]).map_err(db)?;
