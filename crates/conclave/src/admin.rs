@@ -6,21 +6,19 @@ use anyhow::Context;
 
 /// Prints a new single-use invitation token.
 pub fn invite(data: Option<std::path::PathBuf>) -> anyhow::Result<()> {
-    let data = match data {
-        Some(d) => d,
-        None => crate::cli::default_data_dir()?,
-    };
-    let token = conclave_server::create_invite(&data).context("cannot create an invitation")?;
+    let token =
+        conclave_server::create_invite(&data_dir(data.as_deref())?).context("cannot create an invitation")?;
     say!("{token}")?;
     Ok(())
 }
 
+/// `--data DIR`, or the default data directory.
+fn data_dir(data: Option<&std::path::Path>) -> anyhow::Result<std::path::PathBuf> {
+    data.map_or_else(crate::cli::default_data_dir, |d| Ok(d.to_path_buf()))
+}
+
 fn store(data: Option<&std::path::Path>) -> anyhow::Result<conclave_server::store::sqlite::SqliteStore> {
-    let data = match data {
-        Some(d) => d.to_path_buf(),
-        None => crate::cli::default_data_dir()?,
-    };
-    conclave_server::open_store(&data).context("cannot open the server's database")
+    conclave_server::open_store(&data_dir(data)?).context("cannot open the server's database")
 }
 
 /// A time in milliseconds since the Unix epoch, in UTC, or "-".

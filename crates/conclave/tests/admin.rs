@@ -6,23 +6,13 @@
 
 mod common;
 
-use common::{fails, ok, profile, run, Served};
+use common::{alice_and_bob_in_lab, fails, ok, profile, run};
 
 #[test]
 fn the_reports_count_what_the_running_server_holds() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let server = Served::start(&data, &[]);
-    let (alice, bob) = (profile(&dir, "alice"), profile(&dir, "bob"));
-    for (name, p) in [("alice", &alice), ("bob", &bob)] {
-        ok(&run(
-            p,
-            &["--server", &server.addr, "--accept-new-server", "register", name, "--password-stdin"],
-            "correct horse\n",
-        ));
-    }
-    ok(&run(&alice, &["room", "create", "lab"], ""));
-    ok(&run(&alice, &["room", "add", "lab", "bob"], ""));
+    let (_server, alice, bob) = alice_and_bob_in_lab(dir.path());
     ok(&run(&alice, &["send", "lab", "hello"], ""));
     ok(&run(&alice, &["room", "create", "quiet"], ""));
     let data = data.to_str().unwrap();
@@ -81,17 +71,7 @@ fn a_disabled_account_is_closed_and_refused_until_enabled() {
     use std::time::{Duration, Instant};
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let server = Served::start(&data, &[]);
-    let (alice, bob) = (profile(&dir, "alice"), profile(&dir, "bob"));
-    for (name, p) in [("alice", &alice), ("bob", &bob)] {
-        ok(&run(
-            p,
-            &["--server", &server.addr, "--accept-new-server", "register", name, "--password-stdin"],
-            "correct horse\n",
-        ));
-    }
-    ok(&run(&alice, &["room", "create", "lab"], ""));
-    ok(&run(&alice, &["room", "add", "lab", "bob"], ""));
+    let (server, alice, bob) = alice_and_bob_in_lab(dir.path());
     let data = data.to_str().unwrap();
 
     // Alice is connected and following the room when she is disabled.

@@ -17,37 +17,10 @@ use portable_pty::{CommandBuilder, PtySize};
 
 mod common;
 
-use common::{ok, run, Served, BIN};
+use common::{alice_and_bob_in_lab, ok, run, Served, BIN};
 
 /// How long any one wait may take before the test fails.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-/// A server with alice and bob registered and both in #lab (alice owns it).
-fn alice_and_bob_in_lab(dir: &Path) -> (Served, PathBuf, PathBuf) {
-    let s = Served::start_on(&dir.join("data"), "127.0.0.1:0", &[]);
-    let alice = dir.join("alice");
-    let bob = dir.join("bob");
-    for (profile, name, display) in [(&alice, "alice", "Alice"), (&bob, "bob", "Bob")] {
-        ok(&run(
-            profile,
-            &[
-                "--server",
-                &s.addr,
-                "--fingerprint",
-                &s.fingerprint,
-                "register",
-                name,
-                "--password-stdin",
-                "--display-name",
-                display,
-            ],
-            "correct horse\n",
-        ));
-    }
-    ok(&run(&alice, &["room", "create", "lab"], ""));
-    ok(&run(&alice, &["room", "add", "lab", "bob"], ""));
-    (s, alice, bob)
-}
 
 /// `conclave chat` in a pseudo-terminal, its output parsed into a screen.
 struct Pty {

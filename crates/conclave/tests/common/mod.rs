@@ -143,3 +143,30 @@ impl Rng {
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 }
+
+/// A server with alice and bob registered and both in #lab (alice owns it).
+pub fn alice_and_bob_in_lab(dir: &Path) -> (Served, PathBuf, PathBuf) {
+    let s = Served::start_on(&dir.join("data"), "127.0.0.1:0", &[]);
+    let alice = dir.join("alice");
+    let bob = dir.join("bob");
+    for (profile, name, display) in [(&alice, "alice", "Alice"), (&bob, "bob", "Bob")] {
+        ok(&run(
+            profile,
+            &[
+                "--server",
+                &s.addr,
+                "--fingerprint",
+                &s.fingerprint,
+                "register",
+                name,
+                "--password-stdin",
+                "--display-name",
+                display,
+            ],
+            "correct horse\n",
+        ));
+    }
+    ok(&run(&alice, &["room", "create", "lab"], ""));
+    ok(&run(&alice, &["room", "add", "lab", "bob"], ""));
+    (s, alice, bob)
+}
